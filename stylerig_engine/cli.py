@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "stylerig_engine.facemodel.commands",  # assets
     "stylerig_engine.render.commands",  # render-faces
     "stylerig_engine.stylegan2.commands",  # weights, generate
+    "stylerig_engine.corpus.commands",  # corpus, corpus-check
+    "stylerig_server.commands",  # serve
 )
 
 

@@ -193,13 +193,20 @@ class ParamLayout:
 # Priors for pose, lighting and blendshape weights, chosen to cover FFHQ-like portraits.
 POSE_STD_DEG = (10.0, 20.0, 5.0)  # pitch, yaw, roll
 TRANSLATION_STD_CM = (1.0, 1.0, 2.0)
-AMBIENT_MEAN = 0.9
-SH_STD = (0.15, 0.3, 0.3, 0.3, 0.08, 0.08, 0.08, 0.08, 0.08)  # per SH coefficient, same for R, G, B
+AMBIENT_MEAN = 0.85
+SH_STD = (0.15, 0.2, 0.2, 0.2, 0.08, 0.08, 0.08, 0.08, 0.08)  # per SH coefficient, same for R, G, B
 BLENDSHAPE_MEAN, BLENDSHAPE_STD = 0.05, 0.2
 
 
-def layout_for_model(model, *, num_identity: int | None = None, num_albedo: int | None = None) -> ParamLayout:
-    """The parameter layout of a morphable model (optionally using only the first identity/albedo modes)."""
+# Identity modes beyond the first 40 barely change a portrait at StyleGAN resolutions; fewer unknowns make DFR
+# better conditioned.
+DEFAULT_NUM_IDENTITY = 40
+
+
+def layout_for_model(model, *, num_identity: int | None = DEFAULT_NUM_IDENTITY,
+                     num_albedo: int | None = None) -> ParamLayout:
+    """The parameter layout of a morphable model, using its first `num_identity` identity modes (None: all)
+    and first `num_albedo` albedo modes (None: all)."""
     n_id = model.num_identity if num_identity is None else min(num_identity, model.num_identity)
     n_alb = model.num_albedo if num_albedo is None else min(num_albedo, model.num_albedo)
     names: list[str] = []

@@ -1,0 +1,1 @@
+"""stylerig Blender extension. Importable without bpy (the engine server shares addon.protocol)."""
