@@ -1,4 +1,4 @@
-"""Client library for the stylerig engine server: stdlib + numpy only (runs in Blender's Python, never needs bpy).
+"""Client library for the stylerig engine server: stdlib + numpy only (runs in Blender's Python, no bpy).
 
 Blocking API for scripts:
 
@@ -60,7 +60,8 @@ class EngineConnectionError(EngineError, ConnectionError):
 
 # ---- addresses -----------------------------------------------------------------------------------------
 def parse_address(address: Any) -> tuple[str, Any]:
-    """("tcp", (host, port)) or ("unix", path) from: a listen-line dict/JSON string, (host, port), "host:port",
+    """("tcp", (host, port)) or ("unix", path) from: a listen-line dict/JSON string, (host, port),
+    "host:port",
     "unix:PATH" or a filesystem path."""
     if isinstance(address, str) and address.lstrip().startswith("{"):
         address = json.loads(address)
@@ -99,7 +100,7 @@ class Frame:
 
 
 class Pending:
-    """A request in flight: its replies arrive on `replies` (a queue of protocol.Frame, _CLOSED at the end)."""
+    """A request in flight: its replies arrive on `replies` (protocol.Frame items, _CLOSED at the end)."""
 
     def __init__(self, request_id: int, op: str):
         self.id, self.op = request_id, op
@@ -134,7 +135,9 @@ def _check(item: Any) -> P.Frame:
     if item is _CLOSED or isinstance(item, BaseException):
         if isinstance(item, EngineError):
             raise item
-        raise EngineConnectionError(f"connection to the engine lost ({item if item is not _CLOSED else 'closed'})")
+        raise EngineConnectionError(
+            f"connection to the engine lost ({item if item is not _CLOSED else 'closed'})"
+        )
     h = item.header
     if not h.get("ok", False):
         err = h.get("error") or {}
@@ -145,8 +148,15 @@ def _check(item: Any) -> P.Frame:
 class Client:
     """One authenticated connection to the engine."""
 
-    def __init__(self, sock: socket.socket, token: str, *, timeout: float = 60.0, client_name: str = CLIENT_NAME,
-                 limits: P.Limits | None = None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        token: str,
+        *,
+        timeout: float = 60.0,
+        client_name: str = CLIENT_NAME,
+        limits: P.Limits | None = None,
+    ):
         self.sock = sock
         self.timeout = timeout
         self.limits = limits or P.Limits(max_header=64 << 20, max_payload=4 << 30)
@@ -164,8 +174,16 @@ class Client:
 
     # ---- connecting ----------------------------------------------------------------------------------
     @classmethod
-    def connect(cls, address: Any, token: str | None = None, *, token_file: str | os.PathLike | None = None,
-                timeout: float = 60.0, connect_timeout: float = 5.0, **kwargs) -> Client:
+    def connect(
+        cls,
+        address: Any,
+        token: str | None = None,
+        *,
+        token_file: str | os.PathLike | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        **kwargs,
+    ) -> Client:
         """Connect and authenticate. `address`: the server's listen line (dict or JSON, which also names the
         token file), (host, port), "host:port", "unix:PATH" or a socket path."""
         if isinstance(address, str) and address.lstrip().startswith("{"):
@@ -271,8 +289,14 @@ class Client:
             for cb in p.callbacks:
                 _call(cb, None, err)
 
-    def submit(self, op: str, arrays: Mapping[str, Any] | None = None, *,
-               callback: Callable[[P.Frame | None, BaseException | None], None] | None = None, **fields) -> Pending:
+    def submit(
+        self,
+        op: str,
+        arrays: Mapping[str, Any] | None = None,
+        *,
+        callback: Callable[[P.Frame | None, BaseException | None], None] | None = None,
+        **fields,
+    ) -> Pending:
         """Send a request without waiting; the returned Pending collects its replies. `callback(frame, error)`
         runs on the reader thread when the final reply (or a connection failure) arrives."""
         if self._closed or self.error is not None:
@@ -294,8 +318,9 @@ class Client:
             raise EngineConnectionError(f"cannot send to the engine: {e}") from e
         return pending
 
-    def request(self, op: str, arrays: Mapping[str, Any] | None = None, *, timeout: float | None = None,
-                **fields) -> P.Frame:
+    def request(
+        self, op: str, arrays: Mapping[str, Any] | None = None, *, timeout: float | None = None, **fields
+    ) -> P.Frame:
         """Send a request and wait for its final reply; EngineError on an error reply."""
         return self.submit(op, arrays, **fields).result(self.timeout if timeout is None else timeout)
 
@@ -312,7 +337,9 @@ class Client:
     def stats(self) -> dict:
         return self.request("stats").header["stats"]
 
-    def geometry(self, identity_modes: int | None = None, half: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    def geometry(
+        self, identity_modes: int | None = None, half: bool = False
+    ) -> tuple[dict, dict[str, np.ndarray]]:
         f = self.request("geometry", identity_modes=identity_modes, half=half or None)
         return f.header["geometry"], f.arrays
 
@@ -351,14 +378,35 @@ class Client:
     def _target_arrays(targets: Mapping[str, Any] | None) -> dict:
         return {f"target/{m}": np.asarray(p, np.float32) for m, p in (targets or {}).items()}
 
-    def render_async(self, face: Any, targets: Mapping[str, Any] | None = None, *, size: int | None = None,
-                     format: str = "rgba8", quality: int | None = None, origin: str | None = None,
-                     colorspace: str | None = None, slot: str | None = None, timeout: float | None = None,
-                     callback=None) -> Pending:
+    def render_async(
+        self,
+        face: Any,
+        targets: Mapping[str, Any] | None = None,
+        *,
+        size: int | None = None,
+        format: str = "rgba8",
+        quality: int | None = None,
+        origin: str | None = None,
+        colorspace: str | None = None,
+        slot: str | None = None,
+        timeout: float | None = None,
+        callback=None,
+    ) -> Pending:
         arrays = self._target_arrays(targets)
         fields = self._face_fields(face, arrays)
-        return self.submit("render", arrays, callback=callback, size=size, format=format, quality=quality,
-                           origin=origin, colorspace=colorspace, slot=slot, timeout=timeout, **fields)
+        return self.submit(
+            "render",
+            arrays,
+            callback=callback,
+            size=size,
+            format=format,
+            quality=quality,
+            origin=origin,
+            colorspace=colorspace,
+            slot=slot,
+            timeout=timeout,
+            **fields,
+        )
 
     def render(self, face: Any, targets: Mapping[str, Any] | None = None, **kwargs) -> Any:
         """One image of `face` (handle or W+/W latent) under `targets` {mode: p (D,)}: (S, S, 4) uint8
@@ -367,19 +415,39 @@ class Client:
         frame = self.render_async(face, targets, **kwargs).result(self.timeout if wait is None else wait)
         return decode_image(frame)
 
-    def batch_render(self, face: Any, targets: Mapping[str, Any] | None = None, *, size: int | None = None,
-                     format: str = "rgba8", quality: int | None = None, origin: str | None = None,
-                     colorspace: str | None = None, frame_ids: Sequence[int] | None = None,
-                     count: int | None = None, timeout: float | None = None,
-                     on_start: Callable[[int], None] | None = None) -> Iterator[Frame]:
+    def batch_render(
+        self,
+        face: Any,
+        targets: Mapping[str, Any] | None = None,
+        *,
+        size: int | None = None,
+        format: str = "rgba8",
+        quality: int | None = None,
+        origin: str | None = None,
+        colorspace: str | None = None,
+        frame_ids: Sequence[int] | None = None,
+        count: int | None = None,
+        timeout: float | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> Iterator[Frame]:
         """Render a sequence: face is one handle, a list of N handles or (N, num_ws, w_dim) latents; targets
         {mode: (N, D)}. Yields Frames in order as they arrive. Leaving the loop early cancels the rest.
         `on_start(request_id)` is called once the request is sent (e.g. to cancel it from another thread)."""
         arrays = self._target_arrays(targets)
         fields = self._face_fields(face, arrays)
-        pending = self.submit("batch_render", arrays, size=size, format=format, quality=quality, origin=origin,
-                              colorspace=colorspace, timeout=timeout, count=count,
-                              frame_ids=None if frame_ids is None else [int(f) for f in frame_ids], **fields)
+        pending = self.submit(
+            "batch_render",
+            arrays,
+            size=size,
+            format=format,
+            quality=quality,
+            origin=origin,
+            colorspace=colorspace,
+            timeout=timeout,
+            count=count,
+            frame_ids=None if frame_ids is None else [int(f) for f in frame_ids],
+            **fields,
+        )
         if on_start is not None:
             on_start(pending.id)
         finished = False
@@ -387,7 +455,9 @@ class Client:
             for f in pending:
                 h = f.header
                 if h.get("event") == "frame":
-                    yield Frame(int(h["frame"]), int(h["index"]), int(h["done"]), int(h["total"]), decode_image(f), h)
+                    yield Frame(
+                        int(h["frame"]), int(h["index"]), int(h["done"]), int(h["total"]), decode_image(f), h
+                    )
                 if P.is_final(h):
                     finished = True
         finally:
@@ -443,10 +513,19 @@ class StreamingRenderer:
     `face` may be a handle (str), a latent array, or {"seed": s, "psi": psi} (re-created after reconnects).
     """
 
-    def __init__(self, connect: Callable[[], Client], *, size: int | None = None, format: str = "rgba8",
-                 slot: str = "viewport", max_in_flight: int = 2, reconnect_interval: float = 1.0,
-                 on_result: Callable[[RenderResult], None] | None = None,
-                 on_error: Callable[[BaseException], None] | None = None, **render_options):
+    def __init__(
+        self,
+        connect: Callable[[], Client],
+        *,
+        size: int | None = None,
+        format: str = "rgba8",
+        slot: str = "viewport",
+        max_in_flight: int = 2,
+        reconnect_interval: float = 1.0,
+        on_result: Callable[[RenderResult], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        **render_options,
+    ):
         self._connect = connect
         self.options = dict(size=size, format=format, slot=slot, **render_options)
         self.max_in_flight = max(1, int(max_in_flight))
@@ -516,7 +595,9 @@ class StreamingRenderer:
                     self._cond.wait(self.reconnect_interval)
                 continue
             with self._cond:
-                while not self._closed and (self._pending is None or len(self._in_flight) >= self.max_in_flight):
+                while not self._closed and (
+                    self._pending is None or len(self._in_flight) >= self.max_in_flight
+                ):
                     if self.client is None or self.client.error is not None:
                         break
                     self._cond.wait(0.5)
@@ -551,7 +632,11 @@ class StreamingRenderer:
             if self._ever_connected:
                 self.stats["reconnects"] += 1
             self._ever_connected = True
-            if self._pending is None and self._last_sent is not None and self._result_seq() < self._last_sent[0]:
+            if (
+                self._pending is None
+                and self._last_sent is not None
+                and self._result_seq() < self._last_sent[0]
+            ):
                 self._pending = self._last_sent  # re-send what was lost with the old connection
             self.status = "connected"
             self._cond.notify_all()
@@ -597,7 +682,9 @@ class StreamingRenderer:
                 self.stats["received"] += 1
                 if seq > self._best_seq:
                     self._best_seq = seq
-                    self._result = RenderResult(seq, decode_image(frame), time.perf_counter() - t0, frame.header)
+                    self._result = RenderResult(
+                        seq, decode_image(frame), time.perf_counter() - t0, frame.header
+                    )
                     if self.on_result is not None:
                         _call(self.on_result, self._result)
             elif frame is not None:
@@ -605,7 +692,9 @@ class StreamingRenderer:
                 if code == P.E_SUPERSEDED:
                     self.stats["superseded"] += 1
                 else:
-                    e = EngineError(str(code), str((frame.header.get("error") or {}).get("message")), frame.header)
+                    e = EngineError(
+                        str(code), str((frame.header.get("error") or {}).get("message")), frame.header
+                    )
                     self._report(e, locked=True)
             self._cond.notify_all()
 

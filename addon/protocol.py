@@ -137,7 +137,9 @@ def encode_parts(header: Mapping[str, Any], arrays: Mapping[str, Any] | None = N
         if pad:
             buffers.append(b"\0" * pad)
             offset += pad
-        descriptors.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset, "nbytes": a.nbytes})
+        descriptors.append(
+            {"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset, "nbytes": a.nbytes}
+        )
         if a.nbytes:
             buffers.append(memoryview(a.reshape(-1).view(np.uint8)))
         offset += a.nbytes
@@ -146,7 +148,9 @@ def encode_parts(header: Mapping[str, Any], arrays: Mapping[str, Any] | None = N
     else:
         header.pop("arrays", None)
     try:
-        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False, default=_json_default).encode("utf-8")
+        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False, default=_json_default).encode(
+            "utf-8"
+        )
     except ValueError as e:  # NaN / inf in the header
         raise ValueError(f"frame header is not valid JSON: {e}") from e
     prefix = PREFIX.pack(MAGIC, VERSION, 0, len(hbytes), offset)
@@ -165,17 +169,25 @@ def parse_prefix(prefix: bytes, limits: Limits) -> tuple[int, int]:
         raise ProtocolError(E_BAD_FRAME, f"frame prefix must be {PREFIX_SIZE} bytes, got {len(prefix)}")
     magic, version, flags, hlen, plen = PREFIX.unpack(prefix)
     if magic != MAGIC:
-        raise ProtocolError(E_BAD_FRAME, f"bad frame magic {magic!r} (expected {MAGIC!r}); is this a stylerig engine client?")
+        raise ProtocolError(
+            E_BAD_FRAME, f"bad frame magic {magic!r} (expected {MAGIC!r}); is this a stylerig engine client?"
+        )
     if version != VERSION:
-        raise ProtocolError(E_UNSUPPORTED_VERSION, f"protocol version {version} is not supported (this side speaks {VERSION})")
+        raise ProtocolError(
+            E_UNSUPPORTED_VERSION, f"protocol version {version} is not supported (this side speaks {VERSION})"
+        )
     if flags != 0:
         raise ProtocolError(E_BAD_FRAME, f"unknown frame flags {flags:#x}")
     if hlen == 0:
         raise ProtocolError(E_BAD_FRAME, "empty frame header")
     if hlen > limits.max_header:
-        raise ProtocolError(E_TOO_LARGE, f"frame header of {hlen} bytes exceeds the limit of {limits.max_header}")
+        raise ProtocolError(
+            E_TOO_LARGE, f"frame header of {hlen} bytes exceeds the limit of {limits.max_header}"
+        )
     if plen > limits.max_payload:
-        raise ProtocolError(E_TOO_LARGE, f"frame payload of {plen} bytes exceeds the limit of {limits.max_payload}")
+        raise ProtocolError(
+            E_TOO_LARGE, f"frame payload of {plen} bytes exceeds the limit of {limits.max_payload}"
+        )
     return hlen, plen
 
 
@@ -184,7 +196,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_header(data: bytes | bytearray | memoryview) -> dict:
-    """Header bytes -> dict; E_BAD_JSON (not fatal: the frame boundaries are intact) when it is not a JSON object."""
+    """Header bytes -> dict; E_BAD_JSON (not fatal: the frame boundaries are intact) if not a JSON object."""
     try:
         text = bytes(data).decode("utf-8")
         header = json.loads(text, parse_constant=_reject_constant)
@@ -217,9 +229,13 @@ def parse_arrays(header: dict, payload: bytes | bytearray | memoryview) -> dict[
     for i, d in enumerate(desc):
         if not isinstance(d, dict):
             raise bad(f"array descriptor {i} must be an object")
-        name, dtype, shape, offset, nbytes = (d.get(k) for k in ("name", "dtype", "shape", "offset", "nbytes"))
+        name, dtype, shape, offset, nbytes = (
+            d.get(k) for k in ("name", "dtype", "shape", "offset", "nbytes")
+        )
         if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-            raise bad(f"array descriptor {i}: 'name' must be a non-empty string of at most {MAX_NAME} characters")
+            raise bad(
+                f"array descriptor {i}: 'name' must be a non-empty string of at most {MAX_NAME} characters"
+            )
         if name in out:
             raise bad(f"array {name!r} appears twice")
         if dtype not in DTYPES:
@@ -227,13 +243,19 @@ def parse_arrays(header: dict, payload: bytes | bytearray | memoryview) -> dict[
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_int(s) and s >= 0 for s in shape):
             raise bad(f"array {name!r}: 'shape' must be a list of at most {MAX_NDIM} non-negative integers")
         if not _int(offset) or not _int(nbytes) or offset < end or nbytes < 0:
-            raise bad(f"array {name!r}: 'offset'/'nbytes' must be integers, in increasing, non-overlapping order")
+            raise bad(
+                f"array {name!r}: 'offset'/'nbytes' must be integers, in increasing, non-overlapping order"
+            )
         itemsize = np.dtype(dtype).itemsize
         if math.prod(shape) * itemsize != nbytes:
-            raise bad(f"array {name!r}: nbytes {nbytes} does not match shape {shape} x {itemsize}-byte {dtype}")
+            raise bad(
+                f"array {name!r}: nbytes {nbytes} does not match shape {shape} x {itemsize}-byte {dtype}"
+            )
         if offset + nbytes > len(view):
-            raise bad(f"array {name!r}: bytes {offset}..{offset + nbytes} lie outside the {len(view)}-byte payload")
-        a = np.frombuffer(view[offset:offset + nbytes], dtype=np.dtype(dtype)).reshape(shape)
+            raise bad(
+                f"array {name!r}: bytes {offset}..{offset + nbytes} lie outside the {len(view)}-byte payload"
+            )
+        a = np.frombuffer(view[offset : offset + nbytes], dtype=np.dtype(dtype)).reshape(shape)
         out[name] = a
         end = offset + nbytes
     return out
@@ -245,16 +267,18 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = N
     view = memoryview(data).cast("B")
     hlen, plen = parse_prefix(bytes(view[:PREFIX_SIZE]), limits)
     if len(view) != PREFIX_SIZE + hlen + plen:
-        raise ProtocolError(E_BAD_FRAME, f"frame is {len(view)} bytes, its prefix declares {PREFIX_SIZE + hlen + plen}")
-    header = parse_header(view[PREFIX_SIZE:PREFIX_SIZE + hlen])
-    arrays = parse_arrays(header, view[PREFIX_SIZE + hlen:])
+        raise ProtocolError(
+            E_BAD_FRAME, f"frame is {len(view)} bytes, its prefix declares {PREFIX_SIZE + hlen + plen}"
+        )
+    header = parse_header(view[PREFIX_SIZE : PREFIX_SIZE + hlen])
+    arrays = parse_arrays(header, view[PREFIX_SIZE + hlen :])
     return Frame(header, arrays)
 
 
 class FrameDecoder:
     """Incremental decoder: `feed(bytes)` returns the complete frames so far.
 
-    A fatal ProtocolError (bad magic, over-limit lengths) leaves the decoder failed: later feeds raise it again.
+    A fatal ProtocolError (bad magic, over-limit lengths) leaves the decoder failed: later feeds raise it.
     A non-fatal one (bad JSON, bad array descriptors) consumes exactly that frame; call `feed(b"")` to go on
     with the bytes after it.
     """
@@ -290,8 +314,8 @@ class FrameDecoder:
             chunk = bytes(self._buf[:total])
             del self._buf[:total]
             self._need = None
-            header = parse_header(chunk[PREFIX_SIZE:PREFIX_SIZE + hlen])
-            frames.append(Frame(header, parse_arrays(header, chunk[PREFIX_SIZE + hlen:])))
+            header = parse_header(chunk[PREFIX_SIZE : PREFIX_SIZE + hlen])
+            frames.append(Frame(header, parse_arrays(header, chunk[PREFIX_SIZE + hlen :])))
 
 
 # ---- sockets ------------------------------------------------------------------------------------------
@@ -328,7 +352,7 @@ SMALL_FRAME = 1 << 16
 
 
 def send_parts(sock, parts: Iterable) -> int:
-    """Send the buffers of `encode_parts` on a socket: small frames in one call, large arrays without copies."""
+    """Send `encode_parts` buffers on a socket: small frames in one call, large arrays without copies."""
     parts = list(parts)
     total = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts)
     if total <= SMALL_FRAME:

@@ -161,10 +161,19 @@ def load(args, port: int, token: str, P, handle: str) -> dict:
             render_lat += [t for r, t in c.latency.items() if c.ops[r] == "render" and c.outcome[r] == "ok"]
         c.close()
     total = args.clients * args.requests
-    return {"clients": args.clients, "requests": total, "seconds": elapsed, "throughput": total / elapsed,
-                "outcomes": dict(outcomes), "p50_ms": 1e3 * percentile(all_lat, 50), "p99_ms": 1e3 * percentile(all_lat, 99),
-                "render_p50_ms": 1e3 * percentile(render_lat, 50), "render_p99_ms": 1e3 * percentile(render_lat, 99),
-                "max_ms": 1e3 * max(all_lat, default=float("nan")), "failures": failures}
+    return {
+        "clients": args.clients,
+        "requests": total,
+        "seconds": elapsed,
+        "throughput": total / elapsed,
+        "outcomes": dict(outcomes),
+        "p50_ms": 1e3 * percentile(all_lat, 50),
+        "p99_ms": 1e3 * percentile(all_lat, 99),
+        "render_p50_ms": 1e3 * percentile(render_lat, 50),
+        "render_p99_ms": 1e3 * percentile(render_lat, 99),
+        "max_ms": 1e3 * max(all_lat, default=float("nan")),
+        "failures": failures,
+    }
 
 
 def disconnect_check(port: int, token: str, P, handle: str, size: int) -> dict:
@@ -187,8 +196,15 @@ def disconnect_check(port: int, token: str, P, handle: str, size: int) -> dict:
     watcher.close()
     rendered = b - before
     ok = a == b and rendered < frames
-    return {"frames_requested": frames, "frames_read": c.partial, "frames_rendered": rendered, "stopped": ok,
-                "failures": [] if ok else [f"worker kept rendering after the disconnect ({a - before} -> {rendered})"]}
+    return {
+        "frames_requested": frames,
+        "frames_read": c.partial,
+        "frames_rendered": rendered,
+        "stopped": ok,
+        "failures": []
+        if ok
+        else [f"worker kept rendering after the disconnect ({a - before} -> {rendered})"],
+    }
 
 
 def main(argv=None) -> int:
@@ -221,15 +237,21 @@ def main(argv=None) -> int:
     finally:
         bench.stop(proc, client)
     failures = result["failures"] + result["disconnect"]["failures"]
-    print(f"{result['clients']} clients x {args.requests} requests ({result['generator']}, {args.size}²): "
-          f"{result['throughput']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-          f"max {result['max_ms']:.1f} ms (renders: p50 {result['render_p50_ms']:.1f} ms, p99 "
-          f"{result['render_p99_ms']:.1f} ms); outcomes {result['outcomes']}")
+    print(
+        f"{result['clients']} clients x {args.requests} requests ({result['generator']}, {args.size}²): "
+        f"{result['throughput']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"max {result['max_ms']:.1f} ms (renders: p50 {result['render_p50_ms']:.1f} ms, p99 "
+        f"{result['render_p99_ms']:.1f} ms); outcomes {result['outcomes']}"
+    )
     d = result["disconnect"]
-    print(f"disconnect mid-stream: read {d['frames_read']} of {d['frames_requested']} frames, worker rendered "
-          f"{d['frames_rendered']} then stopped: {d['stopped']}")
-    print(f"generator calls {result['stats']['generator_calls']}, mean batch "
-          f"{result['stats']['frames_rendered'] / max(1, result['stats']['generator_calls']):.2f}")
+    print(
+        f"disconnect mid-stream: read {d['frames_read']} of {d['frames_requested']} frames, worker rendered "
+        f"{d['frames_rendered']} then stopped: {d['stopped']}"
+    )
+    print(
+        f"generator calls {result['stats']['generator_calls']}, mean batch "
+        f"{result['stats']['frames_rendered'] / max(1, result['stats']['generator_calls']):.2f}"
+    )
     print("PASS" if not failures else "FAIL:\n  " + "\n  ".join(failures))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

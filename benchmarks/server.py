@@ -12,7 +12,8 @@ Measured, per size:
   generator   median synthesis time of one image in the server process (engine.synthesize, before serving)
   round trip  median latency of one blocking render request (RGBA8), one in flight
   overhead    round trip - the generator time the server measured for that same request (reply header
-              timing.generator): protocol, validation, queueing, torch->numpy conversion, socket, decode
+              timing.generator): protocol, validation, queueing, torch->numpy conversion, socket, decode;
+              overhead % is relative to that in-request generator time (robust on a shared machine)
   interactive frames/s with two requests in flight (what StreamingRenderer does)
   batch       frames/s of one batch_render of N frames (the generator batches max_batch frames per call)
 
@@ -53,12 +54,13 @@ def standin_generator(resolution: int, seed: int = 0):
             levels = int(math.log2(resolution)) - 1  # 4 -> R
             self.num_ws = 2 * levels
             self.register_buffer("w_avg", torch.zeros(512))
-            self.register_buffer("map", torch.randn(512, 512, generator=g) / 512 ** 0.5)
+            self.register_buffer("map", torch.randn(512, 512, generator=g) / 512**0.5)
             self.const = nn.Parameter(torch.randn(1, 64, 4, 4, generator=g))
             chans = [max(8, 64 >> max(0, i - 3)) for i in range(levels)]  # fewer channels at high resolution
             self.style = nn.ModuleList(nn.Linear(512, c) for c in chans)
-            self.convs = nn.ModuleList(nn.Conv2d(chans[max(i - 1, 0)] if i else 64, c, 3, padding=1)
-                                       for i, c in enumerate(chans))
+            self.convs = nn.ModuleList(
+                nn.Conv2d(chans[max(i - 1, 0)] if i else 64, c, 3, padding=1) for i, c in enumerate(chans)
+            )
             self.rgb = nn.Conv2d(chans[-1], 3, 1)
             for p in self.parameters():
                 p.requires_grad_(False)
@@ -85,12 +87,23 @@ def tiny_face_model():
     v = 4
     pv = np.array([0, 1, 2, 3], np.int32)
     return MorphableModel(
-        name="bench", neutral=np.zeros((v, 3), np.float32), identity_basis=np.zeros((2, v, 3), np.float32),
-        expression_basis=np.zeros((1, v, 3), np.float32), expression_names=["jawOpen"], expression_prior="blendshape",
-        albedo_mean=np.full((v, 3), 0.5, np.float32), albedo_basis=np.zeros((1, v, 3), np.float32),
-        albedo_names=["tone"], triangles=np.array([[0, 1, 2], [0, 2, 3]], np.int32), polygon_start=np.array([0, 4], np.int32),
-        polygon_vertices=pv, uvs=np.zeros((v, 2), np.float32), polygon_uvs=pv.copy(),
-        landmarks=np.zeros(68, np.int32), regions={})
+        name="bench",
+        neutral=np.zeros((v, 3), np.float32),
+        identity_basis=np.zeros((2, v, 3), np.float32),
+        expression_basis=np.zeros((1, v, 3), np.float32),
+        expression_names=["jawOpen"],
+        expression_prior="blendshape",
+        albedo_mean=np.full((v, 3), 0.5, np.float32),
+        albedo_basis=np.zeros((1, v, 3), np.float32),
+        albedo_names=["tone"],
+        triangles=np.array([[0, 1, 2], [0, 2, 3]], np.int32),
+        polygon_start=np.array([0, 4], np.int32),
+        polygon_vertices=pv,
+        uvs=np.zeros((v, 2), np.float32),
+        polygon_uvs=pv.copy(),
+        landmarks=np.zeros(68, np.int32),
+        regions={},
+    )
 
 
 def build(spec: str, size: int, max_batch: int, device: str):
@@ -102,8 +115,14 @@ def build(spec: str, size: int, max_batch: int, device: str):
     name, _, res = spec.partition(":")
     if name == "standin":
         model = tiny_face_model()
-        return Engine(standin_generator(int(res or size)), model, layout_for_model(model), device=device,
-                      max_batch=max_batch, name=f"standin:{res or size}")
+        return Engine(
+            standin_generator(int(res or size)),
+            model,
+            layout_for_model(model),
+            device=device,
+            max_batch=max_batch,
+            name=f"standin:{res or size}",
+        )
     if name == "random":
         spec = f"random:{res or size}"
         try:
@@ -117,8 +136,14 @@ def build(spec: str, size: int, max_batch: int, device: str):
             torch.manual_seed(0)
             gen = FastGenerator(Generator(img_resolution=int(res or size)).eval().requires_grad_(False))
             model = tiny_face_model()
-            return Engine(gen, model, layout_for_model(model), device=device, max_batch=max_batch,
-                          name=f"random:{res or size} (networks.Generator defaults)")
+            return Engine(
+                gen,
+                model,
+                layout_for_model(model),
+                device=device,
+                max_batch=max_batch,
+                name=f"random:{res or size} (networks.Generator defaults)",
+            )
     return build_engine(spec, device=device, max_batch=max_batch)
 
 
@@ -142,7 +167,7 @@ def child(args) -> int:
     engine = build(args.generator, args.size, args.max_batch, args.device)
     ws = engine.map_seeds([0], 0.7)
     times = []
-    for _ in range(2):  # warm-up
+    for _ in range(5):  # warm-up
         engine.synthesize(ws)
     deadline = time.perf_counter() + args.gen_seconds
     while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
@@ -154,11 +179,19 @@ def child(args) -> int:
     t = time.perf_counter()
     engine.to_images(x, args.size, "rgba8")
     convert = time.perf_counter() - t
-    server = EngineServer(engine, port=0, token=args.token, worker_config=WorkerConfig(max_batch=args.max_batch))
+    server = EngineServer(
+        engine, port=0, token=args.token, worker_config=WorkerConfig(max_batch=args.max_batch)
+    )
     info = server.start()
-    info.update(generator=engine.name, resolution=engine.resolution, generator_s=statistics.median(times),
-                generator_samples=len(times), convert_s=convert, device=str(engine.device),
-                torch_threads=torch.get_num_threads())
+    info.update(
+        generator=engine.name,
+        resolution=engine.resolution,
+        generator_s=statistics.median(times),
+        generator_samples=len(times),
+        convert_s=convert,
+        device=str(engine.device),
+        torch_threads=torch.get_num_threads(),
+    )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(json.dumps(info), flush=True)
     while not server.wait(0.5):
@@ -172,10 +205,28 @@ def spawn(generator: str, size: int, max_batch: int = 8, device: str = "cpu", ge
 
     token = secrets.token_hex(32)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "child", "--generator", generator,
-                             "--size", str(size), "--max-batch", str(max_batch), "--device", device,
-                             "--gen-seconds", str(gen_seconds), "--token", token],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "child",
+            "--generator",
+            generator,
+            "--size",
+            str(size),
+            "--max-batch",
+            str(max_batch),
+            "--device",
+            device,
+            "--gen-seconds",
+            str(gen_seconds),
+            "--token",
+            token,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     line = proc.stdout.readline()
     if not line:
         proc.wait()
@@ -231,10 +282,20 @@ def measure(client, size: int, seconds: float, batch_frames: int, fmt: str = "rg
     n = sum(1 for _ in client.batch_render(h, count=batch_frames, size=size, format=fmt))
     batch_fps = n / (time.perf_counter() - t0)
     payload = size * size * 4 if fmt == "rgba8" else None
-    return {"size": size, "format": fmt, "samples": len(rts), "round_trip_ms": 1e3 * statistics.median(rts),
-                "generator_in_request_ms": 1e3 * statistics.median(gens),
-                "overhead_ms": 1e3 * statistics.median(overheads), "interactive_fps": fps, "superseded": superseded, "batch_fps": batch_fps,
-                "batch_frames": batch_frames, "payload_bytes": payload, "protocol": P.VERSION}
+    return {
+        "size": size,
+        "format": fmt,
+        "samples": len(rts),
+        "round_trip_ms": 1e3 * statistics.median(rts),
+        "generator_in_request_ms": 1e3 * statistics.median(gens),
+        "overhead_ms": 1e3 * statistics.median(overheads),
+        "interactive_fps": fps,
+        "superseded": superseded,
+        "batch_fps": batch_fps,
+        "batch_frames": batch_frames,
+        "payload_bytes": payload,
+        "protocol": P.VERSION,
+    }
 
 
 def run(args) -> list[dict]:
@@ -246,16 +307,27 @@ def run(args) -> list[dict]:
         client = None
         try:
             client = Client.connect(("127.0.0.1", info["port"]), token=token, timeout=300)
-            r = measure(client, size, args.seconds, args.batch_frames)
-            r.update(generator=info["generator"], resolution=info["resolution"], device=info["device"],
-                     generator_only_ms=1e3 * info["generator_s"], convert_ms=1e3 * info["convert_s"],
-                     torch_threads=info["torch_threads"])
-            r["overhead_pct"] = 100 * r["overhead_ms"] / r["generator_only_ms"]
+            r = measure(client, size, args.seconds, args.batch_frames, args.format)
+            r.update(
+                generator=info["generator"],
+                resolution=info["resolution"],
+                device=info["device"],
+                generator_only_ms=1e3 * info["generator_s"],
+                convert_ms=1e3 * info["convert_s"],
+                torch_threads=info["torch_threads"],
+            )
+            r["overhead_pct"] = 100 * r["overhead_ms"] / r["generator_in_request_ms"]
             results.append(r)
-            print(f"{r['generator']:>24} {size:>5}²  generator {r['generator_only_ms']:8.2f} ms  "
-                  f"round trip {r['round_trip_ms']:8.2f} ms  overhead {r['overhead_ms']:6.2f} ms "
-                  f"({r['overhead_pct']:5.1f} %)  interactive {r['interactive_fps']:6.1f} fps  "
-                  f"batch {r['batch_fps']:6.1f} fps", flush=True)
+            print(
+                f"{r['generator']:>14} {size:>5}² {args.format:>7}  "
+                f"generator {r['generator_only_ms']:8.2f} ms "
+                f"(in requests {r['generator_in_request_ms']:8.2f} ms)  "
+                f"round trip {r['round_trip_ms']:8.2f} ms  "
+                f"overhead {r['overhead_ms']:6.2f} ms "
+                f"({r['overhead_pct']:5.1f} %)  interactive {r['interactive_fps']:6.1f} fps  "
+                f"batch {r['batch_fps']:6.1f} fps",
+                flush=True,
+            )
         finally:
             stop(proc, client)
     return results
@@ -268,8 +340,13 @@ def machine() -> dict:
         load = "n/a"
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                "cores": os.cpu_count(), "uptime": load}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "uptime": load,
+    }
 
 
 def main(argv=None) -> int:
@@ -282,14 +359,18 @@ def main(argv=None) -> int:
     c.add_argument("--device", default="cpu")
     c.add_argument("--gen-seconds", type=float, default=3.0)
     c.add_argument("--token", required=True)
-    p.add_argument("--generator", default=None, help="standin[:R] | random[:R] | synthetic | PATH (default: "
-                                                     "synthetic when present, else standin)")
+    p.add_argument(
+        "--generator",
+        default=None,
+        help="standin[:R] | random[:R] | synthetic | PATH (default: synthetic when present, else standin)",
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--seconds", type=float, default=4.0, help="time per measurement (bounded)")
     p.add_argument("--gen-seconds", type=float, default=3.0)
     p.add_argument("--batch-frames", type=int, default=16)
+    p.add_argument("--format", default="rgba8", choices=["rgba8", "float16", "jpeg"])
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.mode == "child":

@@ -18,8 +18,22 @@ MODES = ("pose", "expression", "illumination", "identity", "albedo")  # stylerig
 FORMATS = ("rgba8", "float16", "jpeg")
 FLOAT_DTYPES = ("<f2", "<f4", "<f8")
 
-OPS = ("hello", "ping", "info", "stats", "geometry", "new_face", "upload_latent", "get_latent", "release", "fit",
-       "render", "batch_render", "cancel", "shutdown")
+OPS = (
+    "hello",
+    "ping",
+    "info",
+    "stats",
+    "geometry",
+    "new_face",
+    "upload_latent",
+    "get_latent",
+    "release",
+    "fit",
+    "render",
+    "batch_render",
+    "cancel",
+    "shutdown",
+)
 WORKER_OPS = ("new_face", "fit", "render", "batch_render")  # run on the device worker thread
 
 
@@ -61,7 +75,7 @@ def request_id(header: Any) -> Any:
     rid = header.get("id")
     if isinstance(rid, bool):
         return None
-    if isinstance(rid, int) and abs(rid) <= 2 ** 53:
+    if isinstance(rid, int) and abs(rid) <= 2**53:
         return rid
     if isinstance(rid, str) and len(rid) <= 128:
         return rid
@@ -77,8 +91,9 @@ def validate(header: dict, arrays: dict[str, np.ndarray], spec: Spec) -> Request
         if not isinstance(op, str):
             raise _Bad("'op' (the operation name, a string) is missing")
         if op not in OPS:
-            raise P.ProtocolError(P.E_UNKNOWN_OP, f"unknown operation {op[:64]!r}; operations are {list(OPS)}",
-                                  request_id=rid)
+            raise P.ProtocolError(
+                P.E_UNKNOWN_OP, f"unknown operation {op[:64]!r}; operations are {list(OPS)}", request_id=rid
+            )
         fields, out_arrays = _VALIDATORS[op](header, dict(arrays), spec)
         return Request(op, rid, fields, out_arrays)
     except _Bad as e:
@@ -115,7 +130,9 @@ def _num(h: dict, key: str, lo: float, hi: float, default: Any = ..., *, open_lo
     return float(v)
 
 
-def _str(h: dict, key: str, max_len: int = 64, default: Any = ..., choices: tuple[str, ...] | None = None) -> Any:
+def _str(
+    h: dict, key: str, max_len: int = 64, default: Any = ..., choices: tuple[str, ...] | None = None
+) -> Any:
     v = h.get(key)
     if v is None:
         if default is ...:
@@ -141,7 +158,12 @@ def _handles(h: dict, key: str, spec: Spec, max_count: int) -> list[str] | None:
     v = h.get(key)
     if v is None:
         return None
-    if not isinstance(v, list) or not v or len(v) > max_count or not all(isinstance(x, str) and len(x) <= 64 for x in v):
+    if (
+        not isinstance(v, list)
+        or not v
+        or len(v) > max_count
+        or not all(isinstance(x, str) and len(x) <= 64 for x in v)
+    ):
         raise _Bad(f"'{key}' must be a list of 1 to {max_count} handle strings")
     return v
 
@@ -175,14 +197,18 @@ def _targets(arrays: dict, spec: Spec, frames: int | None) -> tuple[dict[str, np
     """The target/<mode> arrays: (D,) for render (frames None) or (N, D) for batch_render."""
     out: dict[str, np.ndarray] = {}
     for name in [n for n in arrays if n.startswith("target/")]:
-        mode = name[len("target/"):]
+        mode = name[len("target/") :]
         if mode not in MODES:
             raise _Bad(f"unknown control mode {mode!r} in array '{name}'; modes are {list(MODES)}")
         if frames is None:
             a = _float_array(arrays, name, lambda s: s == (spec.dim,), f"({spec.dim},)")
         else:
-            a = _float_array(arrays, name, lambda s: len(s) == 2 and s[1] == spec.dim and s[0] >= 1,
-                             f"(frames, {spec.dim})")
+            a = _float_array(
+                arrays,
+                name,
+                lambda s: len(s) == 2 and s[1] == spec.dim and s[0] >= 1,
+                f"(frames, {spec.dim})",
+            )
             if frames == -1:
                 frames = a.shape[0]
             elif a.shape[0] != frames:
@@ -205,8 +231,11 @@ def _image_fields(h: dict, spec: Spec) -> dict:
 # ---- per operation ----------------------------------------------------------------------------------
 def _v_hello(h, a, spec):
     _no_more_arrays(a)
-    return {"token": h.get("token"), "protocol": _int(h, "protocol", 0, 65535, P.VERSION),
-                "client": _str(h, "client", 128, "")}, {}
+    return {
+        "token": h.get("token"),
+        "protocol": _int(h, "protocol", 0, 65535, P.VERSION),
+        "client": _str(h, "client", 128, ""),
+    }, {}
 
 
 def _v_plain(h, a, spec):
@@ -226,14 +255,26 @@ def _v_new_face(h, a, spec):
     if seeds is not None:
         if "seed" in h and h["seed"] is not None:
             raise _Bad("give 'seed' or 'seeds', not both")
-        if (not isinstance(seeds, list) or not seeds or len(seeds) > spec.max_seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 32 for s in seeds)):
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or len(seeds) > spec.max_seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)
+        ):
             raise _Bad(f"'seeds' must be a list of 1 to {spec.max_seeds} integers in [0, 2**32)")
-        return {"seeds": seeds, "psi": psi, "many": True, "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None,
-                                                                    open_lo=True)}, {}
-    seed = _int(h, "seed", 0, 2 ** 32 - 1)
-    return {"seeds": [seed], "psi": psi, "many": False, "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None,
-                                                                 open_lo=True)}, {}
+        return {
+            "seeds": seeds,
+            "psi": psi,
+            "many": True,
+            "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None, open_lo=True),
+        }, {}
+    seed = _int(h, "seed", 0, 2**32 - 1)
+    return {
+        "seeds": [seed],
+        "psi": psi,
+        "many": False,
+        "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None, open_lo=True),
+    }, {}
 
 
 def _latent_shape_ok(spec: Spec):
@@ -278,8 +319,12 @@ def _v_fit(h, a, spec):
         many = True
     else:
         handles, many = [_str(h, "handle")], False
-    return {"handles": handles, "many": many, "named": _bool(h, "named"),
-                "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None, open_lo=True)}, {}
+    return {
+        "handles": handles,
+        "many": many,
+        "named": _bool(h, "named"),
+        "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None, open_lo=True),
+    }, {}
 
 
 def _v_render(h, a, spec):
@@ -302,9 +347,12 @@ def _v_batch_render(h, a, spec):
     fields = _image_fields(h, spec)
     handle = _str(h, "handle", 64, None)
     handles = _handles(h, "handles", spec, spec.max_frames)
-    ws = _float_array(a, "ws", lambda s: len(s) in (2, 3) and s[0] >= 1 and s[1:] in ((spec.num_ws, spec.w_dim),
-                                                                                         (spec.w_dim,)),
-                      f"(frames, {spec.num_ws}, {spec.w_dim}) or (frames, {spec.w_dim})")
+    ws = _float_array(
+        a,
+        "ws",
+        lambda s: len(s) in (2, 3) and s[0] >= 1 and s[1:] in ((spec.num_ws, spec.w_dim), (spec.w_dim,)),
+        f"(frames, {spec.num_ws}, {spec.w_dim}) or (frames, {spec.w_dim})",
+    )
     if sum(x is not None for x in (handle, handles, ws)) != 1:
         raise _Bad("batch_render needs exactly one of 'handle', 'handles' or an array 'ws'")
     frames = -1
@@ -321,8 +369,9 @@ def _v_batch_render(h, a, spec):
     _no_more_arrays(a)
     frame_ids = h.get("frame_ids")
     if frame_ids is not None:
-        if (not isinstance(frame_ids, list) or not all(isinstance(f, int) and not isinstance(f, bool)
-                                                       and abs(f) <= 2 ** 53 for f in frame_ids)):
+        if not isinstance(frame_ids, list) or not all(
+            isinstance(f, int) and not isinstance(f, bool) and abs(f) <= 2**53 for f in frame_ids
+        ):
             raise _Bad("'frame_ids' must be a list of integers")
         if frames == -1:
             frames = len(frame_ids)
@@ -332,8 +381,12 @@ def _v_batch_render(h, a, spec):
         raise _Bad("batch_render needs per-frame inputs ('handles', 'ws' or target arrays) or a 'count'")
     if frames > spec.max_frames:
         raise _Bad(f"at most {spec.max_frames} frames per batch_render, got {frames}")
-    fields.update(handle=handle, handles=handles, frames=frames,
-                  frame_ids=frame_ids if frame_ids is not None else list(range(frames)))
+    fields.update(
+        handle=handle,
+        handles=handles,
+        frames=frames,
+        frame_ids=frame_ids if frame_ids is not None else list(range(frames)),
+    )
     arrays = {f"target/{m}": v for m, v in targets.items()}
     if ws is not None:
         arrays["ws"] = ws if ws.ndim == 3 else np.repeat(ws[:, None], spec.num_ws, axis=1)
@@ -343,12 +396,26 @@ def _v_batch_render(h, a, spec):
 def _v_cancel(h, a, spec):
     _no_more_arrays(a)
     target = h.get("request")
-    if isinstance(target, bool) or not (isinstance(target, int) or (isinstance(target, str) and len(target) <= 128)):
+    if isinstance(target, bool) or not (
+        isinstance(target, int) or (isinstance(target, str) and len(target) <= 128)
+    ):
         raise _Bad("'request' (the id of the request to cancel) must be an integer or a string")
     return {"request": target}, {}
 
 
-_VALIDATORS = {"hello": _v_hello, "ping": _v_plain, "info": _v_plain, "stats": _v_plain, "geometry": _v_geometry,
-                   "new_face": _v_new_face, "upload_latent": _v_upload, "get_latent": _v_get_latent, "release": _v_release,
-                   "fit": _v_fit, "render": _v_render, "batch_render": _v_batch_render, "cancel": _v_cancel,
-                   "shutdown": _v_plain}
+_VALIDATORS = {
+    "hello": _v_hello,
+    "ping": _v_plain,
+    "info": _v_plain,
+    "stats": _v_plain,
+    "geometry": _v_geometry,
+    "new_face": _v_new_face,
+    "upload_latent": _v_upload,
+    "get_latent": _v_get_latent,
+    "release": _v_release,
+    "fit": _v_fit,
+    "render": _v_render,
+    "batch_render": _v_batch_render,
+    "cancel": _v_cancel,
+    "shutdown": _v_plain,
+}

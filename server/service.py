@@ -46,7 +46,9 @@ class Connection:
         self.closed = False  # no more sends; queued work is dropped
         self._close_after_flush = False
         self.authenticated = False
-        self.writer = threading.Thread(target=self._write_loop, name=f"stylerig-conn{cid}-writer", daemon=True)
+        self.writer = threading.Thread(
+            target=self._write_loop, name=f"stylerig-conn{cid}-writer", daemon=True
+        )
 
     # ---- sending (from any thread, never blocks) ------------------------------------------------------
     def send(self, header: dict, arrays: dict | None = None, encoder=None) -> bool:
@@ -78,8 +80,9 @@ class Connection:
                     try:
                         arrays = encoder()
                     except Exception as e:  # noqa: BLE001 - reported to the client as an error reply
-                        header = P.error_header(P.E_INTERNAL, f"encoding failed: {type(e).__name__}: {e}",
-                                                header.get("id"))
+                        header = P.error_header(
+                            P.E_INTERNAL, f"encoding failed: {type(e).__name__}: {e}", header.get("id")
+                        )
                         arrays = None
                 P.send_parts(self.sock, P.encode_parts(header, arrays))
                 with self.cond:
@@ -110,11 +113,21 @@ class Connection:
 
 
 class EngineServer:
-    def __init__(self, engine: Engine, *, host: str = "127.0.0.1", port: int | None = 0,
-                 unix_path: str | os.PathLike | None = None, token: str | None = None,
-                 token_file: str | os.PathLike | None = None, limits: P.Limits | None = None,
-                 max_connections: int = 64, auth_timeout: float = 10.0, max_outbox: int = 64,
-                 worker_config: WorkerConfig | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = 0,
+        unix_path: str | os.PathLike | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike | None = None,
+        limits: P.Limits | None = None,
+        max_connections: int = 64,
+        auth_timeout: float = 10.0,
+        max_outbox: int = 64,
+        worker_config: WorkerConfig | None = None,
+    ):
         self.engine = engine
         self.host, self.port = host, port
         self.unix_path = Path(unix_path) if unix_path is not None else None
@@ -126,8 +139,13 @@ class EngineServer:
         self.max_outbox = max_outbox
         config = worker_config or WorkerConfig(max_batch=engine.max_batch)
         self.worker = Worker(engine, config)
-        self.spec = Spec(num_ws=engine.num_ws, w_dim=engine.w_dim, dim=engine.layout.dim,
-                         resolution=engine.resolution, max_size=MAX_SIZE)
+        self.spec = Spec(
+            num_ws=engine.num_ws,
+            w_dim=engine.w_dim,
+            dim=engine.layout.dim,
+            resolution=engine.resolution,
+            max_size=MAX_SIZE,
+        )
         self._listeners: list[socket.socket] = []
         self._connections: dict[int, tuple[Connection, threading.Thread]] = {}
         self._conn_lock = threading.Lock()
@@ -141,12 +159,18 @@ class EngineServer:
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> dict:
-        if self.port is not None:
-            tcp = socket.create_server((self.host, self.port), reuse_port=False)
-            self._listeners.append(tcp)
-            self.port = tcp.getsockname()[1]
-        if self.unix_path is not None:
-            self._listeners.append(self._bind_unix(self.unix_path))
+        try:
+            if self.port is not None:
+                tcp = socket.create_server((self.host, self.port), reuse_port=False)
+                self._listeners.append(tcp)
+                self.port = tcp.getsockname()[1]
+            if self.unix_path is not None:
+                self._listeners.append(self._bind_unix(self.unix_path))
+        except BaseException:
+            for s in self._listeners:
+                s.close()
+            self._listeners.clear()
+            raise
         if not self._listeners:
             raise ValueError("nothing to listen on: give a TCP port or a Unix socket path")
         for s in self._listeners:
@@ -155,10 +179,16 @@ class EngineServer:
             auth.write_token_file(self.token_file, self.token)
         self.worker.start()
         self._accept_thread.start()
-        self.listen_info = {"event": "listening", "server": SERVER_NAME, "protocol": P.VERSION, "pid": os.getpid(),
-                                "host": self.host if self.port is not None else None, "port": self.port,
-                                "unix": str(self.unix_path) if self.unix_path is not None else None,
-                                "token_file": str(self.token_file) if self.token_file is not None else None}
+        self.listen_info = {
+            "event": "listening",
+            "server": SERVER_NAME,
+            "protocol": P.VERSION,
+            "pid": os.getpid(),
+            "host": self.host if self.port is not None else None,
+            "port": self.port,
+            "unix": str(self.unix_path) if self.unix_path is not None else None,
+            "token_file": str(self.token_file) if self.token_file is not None else None,
+        }
         log.info("listening: %s", self.listen_info)
         return self.listen_info
 
@@ -205,7 +235,8 @@ class EngineServer:
         self.shutdown()
 
     def shutdown(self, flush_timeout: float = 2.0) -> None:
-        """Stop accepting, answer queued requests 'shutting_down', flush replies, close everything. Idempotent;
+        """Stop accepting, answer queued requests 'shutting_down', flush replies, close everything.
+        Idempotent;
         safe from any thread (signal handlers: call it from a thread, it blocks)."""
         if self._stopping.is_set():
             self._stopped.wait(10)
@@ -271,8 +302,12 @@ class EngineServer:
             full = len(self._connections) >= self.max_connections
             if not full:
                 conn = Connection(self, sock, peer, next(self._ids))
-                reader = threading.Thread(target=self._serve_connection, args=(conn,),
-                                          name=f"stylerig-conn{conn.id}-reader", daemon=True)
+                reader = threading.Thread(
+                    target=self._serve_connection,
+                    args=(conn,),
+                    name=f"stylerig-conn{conn.id}-reader",
+                    daemon=True,
+                )
                 self._connections[conn.id] = (conn, reader)
         if full:
             with contextlib.suppress(OSError):
@@ -328,12 +363,17 @@ class EngineServer:
             return False
         except P.ProtocolError as e:
             code = e.code if e.fatal else P.E_UNAUTHORIZED
-            conn.send(P.error_header(code, f"the first frame must be a hello with the token ({e.message})",
-                                     e.request_id))
+            conn.send(
+                P.error_header(
+                    code, f"the first frame must be a hello with the token ({e.message})", e.request_id
+                )
+            )
             return False
         rid = frame.header.get("id") if isinstance(frame.header.get("id"), (int, str)) else None
         if frame.header.get("op") != "hello":
-            conn.send(P.error_header(P.E_UNAUTHORIZED, "the first request must be 'hello' with the token", rid))
+            conn.send(
+                P.error_header(P.E_UNAUTHORIZED, "the first request must be 'hello' with the token", rid)
+            )
             return False
         if not auth.tokens_equal(frame.header.get("token"), self.token):
             log.warning("connection %s from %s: wrong token", conn.id, conn.peer)
@@ -345,21 +385,46 @@ class EngineServer:
             conn.send(P.error_header(e.code, e.message, rid))
             return False
         if req.fields["protocol"] != P.VERSION:
-            conn.send(P.error_header(P.E_UNSUPPORTED_VERSION, f"protocol {req.fields['protocol']} is not supported; "
-                                     f"this engine speaks {P.VERSION}", rid))
+            conn.send(
+                P.error_header(
+                    P.E_UNSUPPORTED_VERSION,
+                    f"protocol {req.fields['protocol']} is not supported; this engine speaks {P.VERSION}",
+                    rid,
+                )
+            )
             return False
         conn.sock.settimeout(None)
         conn.authenticated = True
-        conn.send({"id": req.id, "ok": True, "final": True, "op": "hello", "protocol": P.VERSION, "server": SERVER_NAME,
-                       "session": conn.id, "capabilities": self.capabilities()})
+        conn.send(
+            {
+                "id": req.id,
+                "ok": True,
+                "final": True,
+                "op": "hello",
+                "protocol": P.VERSION,
+                "server": SERVER_NAME,
+                "session": conn.id,
+                "capabilities": self.capabilities(),
+            }
+        )
         return True
 
     def capabilities(self) -> dict:
         e = self.engine
-        return {"ops": list(OPS), "formats": ["rgba8", "float16", "jpeg"], "max_header": self.limits.max_header,
-                    "max_payload": self.limits.max_payload, "max_batch": self.worker.config.max_batch,
-                    "max_size": MAX_SIZE, "fit": e.fit_fn is not None, "edit_modes": list(e.edit_modes),
-                    "resolution": e.resolution, "num_ws": e.num_ws, "w_dim": e.w_dim, "param_dim": e.layout.dim}
+        return {
+            "ops": list(OPS),
+            "formats": ["rgba8", "float16", "jpeg"],
+            "max_header": self.limits.max_header,
+            "max_payload": self.limits.max_payload,
+            "max_batch": self.worker.config.max_batch,
+            "max_size": MAX_SIZE,
+            "fit": e.fit_fn is not None,
+            "edit_modes": list(e.edit_modes),
+            "resolution": e.resolution,
+            "num_ws": e.num_ws,
+            "w_dim": e.w_dim,
+            "param_dim": e.layout.dim,
+        }
 
     def _handle_frame(self, conn: Connection, frame: P.Frame) -> None:
         try:
@@ -389,7 +454,12 @@ class EngineServer:
         elif req.op == "hello":
             conn.send(P.error_header(P.E_BAD_REQUEST, "already authenticated", req.id))
         elif req.op == "info":
-            info = {**e.info(), "server": SERVER_NAME, "protocol": P.VERSION, "capabilities": self.capabilities()}
+            info = {
+                **e.info(),
+                "server": SERVER_NAME,
+                "protocol": P.VERSION,
+                "capabilities": self.capabilities(),
+            }
             conn.send({**ok, "info": info})
         elif req.op == "stats":
             with self._conn_lock:
@@ -398,6 +468,8 @@ class EngineServer:
         elif req.op == "geometry":
             key = (f["identity_modes"], f["half"])
             if key not in self._geometry_cache:
+                if len(self._geometry_cache) >= 4:  # a few variants; never grow without bound
+                    self._geometry_cache.pop(next(iter(self._geometry_cache)))
                 self._geometry_cache[key] = e.geometry(identity_modes=f["identity_modes"], half=f["half"])
             meta, arrays = self._geometry_cache[key]
             conn.send({**ok, "geometry": meta}, arrays)

@@ -91,7 +91,7 @@ class Worker:
 
     # ---- called from connection threads ---------------------------------------------------------------
     def submit(self, conn, req: Request) -> None:
-        """Queue a worker request; raises ProtocolError (busy, duplicate id, shutting down) to answer at once."""
+        """Queue a worker request; raises ProtocolError (busy, duplicate id, shutting down) to answer now."""
         now = time.monotonic()
         timeout = req.fields.get("timeout")
         if timeout is None:
@@ -107,26 +107,42 @@ class Worker:
             self._expire_locked(now)
             mine = self._by_conn.setdefault(conn.id, {})
             if job.key in mine:
-                raise P.ProtocolError(P.E_BAD_REQUEST, f"request id {req.id!r} is already in use by an unanswered "
-                                      "request of this connection", request_id=req.id)
+                raise P.ProtocolError(
+                    P.E_BAD_REQUEST,
+                    f"request id {req.id!r} is already in use by an unanswered request of this connection",
+                    request_id=req.id,
+                )
             if req.op == "render":
                 slot = (conn.id, req.fields["slot"])
                 old = self._slots.pop(slot, None)
                 if old is None and len(self._slots) >= self.config.max_interactive:
                     self.counters.busy += 1
-                    raise P.ProtocolError(P.E_BUSY, f"engine busy: {len(self._slots)} interactive renders waiting",
-                                          request_id=req.id)
+                    raise P.ProtocolError(
+                        P.E_BUSY,
+                        f"engine busy: {len(self._slots)} interactive renders waiting",
+                        request_id=req.id,
+                    )
                 if old is not None:
                     self.counters.superseded += 1
-                    self._finish_locked(old, P.error_header(P.E_SUPERSEDED, "a newer render request from this client "
-                                                            f"(slot {req.fields['slot']!r}) replaced this one", old.req.id))
+                    self._finish_locked(
+                        old,
+                        P.error_header(
+                            P.E_SUPERSEDED,
+                            "a newer render request from this client "
+                            f"(slot {req.fields['slot']!r}) replaced this one",
+                            old.req.id,
+                        ),
+                    )
                 self._slots[slot] = job
             else:
                 own = sum(1 for j in mine.values() if j.req.op != "render")
                 if own >= self.config.max_jobs_per_client or len(self._jobs) >= self.config.max_jobs:
                     self.counters.busy += 1
-                    raise P.ProtocolError(P.E_BUSY, f"engine busy: {len(self._jobs)} jobs waiting "
-                                          f"({own} from this client)", request_id=req.id)
+                    raise P.ProtocolError(
+                        P.E_BUSY,
+                        f"engine busy: {len(self._jobs)} jobs waiting ({own} from this client)",
+                        request_id=req.id,
+                    )
                 self._jobs.append(job)
             mine[job.key] = job
             self.cond.notify_all()
@@ -165,7 +181,9 @@ class Worker:
         with self.cond:
             self._stopping = True
             for job in list(self._slots.values()) + list(self._jobs):
-                self._finish_locked(job, P.error_header(P.E_SHUTTING_DOWN, "the engine is shutting down", job.req.id))
+                self._finish_locked(
+                    job, P.error_header(P.E_SHUTTING_DOWN, "the engine is shutting down", job.req.id)
+                )
             self._slots.clear()
             self._jobs.clear()
             self.cond.notify_all()
@@ -177,11 +195,22 @@ class Worker:
     def stats(self) -> dict:
         c = self.counters
         with self.cond:
-            return {"generator_calls": c.generator_calls, "frames_rendered": c.frames_rendered, "renders": c.renders,
-                        "batch_frames": c.batch_frames, "superseded": c.superseded, "busy": c.busy, "timeouts": c.timeouts,
-                        "cancelled": c.cancelled, "errors": c.errors, "batch_sizes": list(c.batch_sizes),
-                        "generator_seconds": round(c.generator_seconds, 6), "queued_renders": len(self._slots),
-                        "queued_jobs": len(self._jobs), "handles": self.engine.num_handles}
+            return {
+                "generator_calls": c.generator_calls,
+                "frames_rendered": c.frames_rendered,
+                "renders": c.renders,
+                "batch_frames": c.batch_frames,
+                "superseded": c.superseded,
+                "busy": c.busy,
+                "timeouts": c.timeouts,
+                "cancelled": c.cancelled,
+                "errors": c.errors,
+                "batch_sizes": list(c.batch_sizes),
+                "generator_seconds": round(c.generator_seconds, 6),
+                "queued_renders": len(self._slots),
+                "queued_jobs": len(self._jobs),
+                "handles": self.engine.num_handles,
+            }
 
     # ---- bookkeeping (under self.cond) ---------------------------------------------------------------
     def _unqueue_locked(self, job: Job) -> None:
@@ -208,16 +237,25 @@ class Worker:
     def _finish_cancelled_locked(self, job: Job) -> None:
         self.counters.cancelled += 1
         extra = {"done": job.next_index, "total": job.req.frames} if job.req.op == "batch_render" else {}
-        self._finish_locked(job, P.error_header(P.E_CANCELLED, "cancelled by the client", job.req.id, **extra))
+        self._finish_locked(
+            job, P.error_header(P.E_CANCELLED, "cancelled by the client", job.req.id, **extra)
+        )
 
     def _expire_locked(self, now: float) -> None:
-        for job in [j for j in list(self._slots.values()) + list(self._jobs)
-                    if j.deadline is not None and now > j.deadline and j.next_index == 0]:
+        for job in [
+            j
+            for j in list(self._slots.values()) + list(self._jobs)
+            if j.deadline is not None and now > j.deadline and j.next_index == 0
+        ]:
             self._unqueue_locked(job)
             self.counters.timeouts += 1
             waited = now - job.received
-            self._finish_locked(job, P.error_header(P.E_TIMEOUT, f"not started within its timeout ({waited:.2f} s "
-                                                    "in the queue)", job.req.id))
+            self._finish_locked(
+                job,
+                P.error_header(
+                    P.E_TIMEOUT, f"not started within its timeout ({waited:.2f} s in the queue)", job.req.id
+                ),
+            )
 
     def _finish(self, job: Job, header: dict, arrays=None, encoder=None) -> None:
         with self.cond:
@@ -294,7 +332,7 @@ class Worker:
 
     @staticmethod
     def _modes(job: Job) -> tuple[str, ...]:
-        return tuple(sorted(n[len("target/"):] for n in job.req.arrays if n.startswith("target/")))
+        return tuple(sorted(n[len("target/") :] for n in job.req.arrays if n.startswith("target/")))
 
     def _image_reply(self, job: Job, header: dict, image: np.ndarray) -> tuple[dict, Any, Any]:
         f = job.req.fields
@@ -321,7 +359,8 @@ class Worker:
             try:
                 ws = torch.stack([w for _, w in items])
                 targets = self.engine.check_targets(
-                    {m: np.stack([j.req.arrays[f"target/{m}"] for j in group]) for m in modes}, len(group))
+                    {m: np.stack([j.req.arrays[f"target/{m}"] for j in group]) for m in modes}, len(group)
+                )
                 t0 = time.perf_counter()
                 x = self._generate(ws, targets)
                 t_gen = time.perf_counter() - t0
@@ -330,12 +369,26 @@ class Worker:
                     f = j.req.fields
                     by_format.setdefault((f["size"], f["format"], f["origin"], f["colorspace"]), []).append(i)
                 for (size, fmt, origin, colorspace), idx in by_format.items():
-                    images = self.engine.to_images(x[idx] if len(idx) < len(group) else x, size, fmt, origin=origin,
-                                                   colorspace=colorspace)
+                    images = self.engine.to_images(
+                        x[idx] if len(idx) < len(group) else x,
+                        size,
+                        fmt,
+                        origin=origin,
+                        colorspace=colorspace,
+                    )
                     for i, image in zip(idx, images):
                         j = group[i]
-                        header = {"id": j.req.id, "ok": True, "final": True, "op": "render", "batch": len(group),
-                                      "timing": {"queued": round(j.started - j.received, 6), "generator": round(t_gen, 6)}}
+                        header = {
+                            "id": j.req.id,
+                            "ok": True,
+                            "final": True,
+                            "op": "render",
+                            "batch": len(group),
+                            "timing": {
+                                "queued": round(j.started - j.received, 6),
+                                "generator": round(t_gen, 6),
+                            },
+                        }
                         with self.cond:
                             self.counters.renders += 1
                         self._finish(j, *self._image_reply(j, header, image))
@@ -365,8 +418,11 @@ class Worker:
                 p = self.engine.fit(f["handles"])
                 header = {"id": job.req.id, "ok": True, "final": True, "op": op}
                 if f["named"]:
-                    header["params"] = [self.engine.layout.to_dict(v) for v in p] if f["many"] else \
-                        self.engine.layout.to_dict(p[0])
+                    header["params"] = (
+                        [self.engine.layout.to_dict(v) for v in p]
+                        if f["many"]
+                        else self.engine.layout.to_dict(p[0])
+                    )
                 self._finish(job, header, {"p": p if f["many"] else p[0]})
             elif op == "batch_render":
                 self._step_batch(job)
@@ -384,16 +440,27 @@ class Worker:
         if f.get("handle") is not None:
             ws = self.engine.latent(f["handle"])[None].expand(n, -1, -1)
         elif f.get("handles") is not None:
-            ws = self.engine.latents(f["handles"][i:i + n])
+            ws = self.engine.latents(f["handles"][i : i + n])
         else:
-            ws = torch.from_numpy(a["ws"][i:i + n]).to(self.engine.device)
+            ws = torch.from_numpy(a["ws"][i : i + n]).to(self.engine.device)
         modes = self._modes(job)
-        targets = self.engine.check_targets({m: a[f"target/{m}"][i:i + n] for m in modes}, n)
+        targets = self.engine.check_targets({m: a[f"target/{m}"][i : i + n] for m in modes}, n)
         x = self._generate(ws, targets)
-        images = self.engine.to_images(x, f["size"], f["format"], origin=f["origin"], colorspace=f["colorspace"])
+        images = self.engine.to_images(
+            x, f["size"], f["format"], origin=f["origin"], colorspace=f["colorspace"]
+        )
         for k, image in enumerate(images):
-            header = {"id": job.req.id, "ok": True, "final": False, "op": "batch_render", "event": "frame",
-                          "frame": f["frame_ids"][i + k], "index": i + k, "done": i + k + 1, "total": total}
+            header = {
+                "id": job.req.id,
+                "ok": True,
+                "final": False,
+                "op": "batch_render",
+                "event": "frame",
+                "frame": f["frame_ids"][i + k],
+                "index": i + k,
+                "done": i + k + 1,
+                "total": total,
+            }
             header, arrays, encoder = self._image_reply(job, header, image)
             job.conn.send(header, arrays, encoder)
         with self.cond:
@@ -404,11 +471,30 @@ class Worker:
             elif job.cancelled:
                 self._finish_cancelled_locked(job)
             elif self._stopping:
-                self._finish_locked(job, P.error_header(P.E_SHUTTING_DOWN, "the engine is shutting down", job.req.id,
-                                                        done=job.next_index, total=total))
+                self._finish_locked(
+                    job,
+                    P.error_header(
+                        P.E_SHUTTING_DOWN,
+                        "the engine is shutting down",
+                        job.req.id,
+                        done=job.next_index,
+                        total=total,
+                    ),
+                )
             elif job.next_index >= total:
-                self._finish_locked(job, {"id": job.req.id, "ok": True, "final": True, "op": "batch_render", "event": "end",
-                                              "frames": total, "done": total, "total": total})
+                self._finish_locked(
+                    job,
+                    {
+                        "id": job.req.id,
+                        "ok": True,
+                        "final": True,
+                        "op": "batch_render",
+                        "event": "end",
+                        "frames": total,
+                        "done": total,
+                        "total": total,
+                    },
+                )
             else:
                 job.state = "queued"
                 self._jobs.append(job)

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "stylerig_engine.render.commands",  # render-faces
     "stylerig_engine.stylegan2.commands",  # weights, generate
     "stylerig_engine.corpus.commands",  # corpus, corpus-check
+    "stylerig_engine.rig.commands",  # train, evaluate
     "stylerig_server.commands",  # serve
 )
 

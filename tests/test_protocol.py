@@ -17,7 +17,9 @@ def frame_bytes(header: dict, arrays=None) -> bytes:
     return P.encode_frame(header, arrays)
 
 
-def raw_frame(header_bytes: bytes, payload: bytes = b"", *, magic=P.MAGIC, version=P.VERSION, flags=0) -> bytes:
+def raw_frame(
+    header_bytes: bytes, payload: bytes = b"", *, magic=P.MAGIC, version=P.VERSION, flags=0
+) -> bytes:
     return P.PREFIX.pack(magic, version, flags, len(header_bytes), len(payload)) + header_bytes + payload
 
 
@@ -25,8 +27,10 @@ def test_addon_package_imports_without_bpy_or_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import stylerig_addon, stylerig_addon.protocol, stylerig_addon.client; "
-            "assert 'torch' not in sys.modules and 'bpy' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys; import stylerig_addon, stylerig_addon.protocol, stylerig_addon.client; "
+        "assert 'torch' not in sys.modules and 'bpy' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -34,7 +38,7 @@ def test_prefix_layout_is_documented_one():
     data = frame_bytes({"op": "ping", "id": 1})
     magic, version, flags, hlen, plen = struct.unpack("<4sHHIQ", data[:20])
     assert (magic, version, flags, plen) == (b"SRIG", 1, 0, 0)
-    assert json.loads(data[20:20 + hlen]) == {"op": "ping", "id": 1}
+    assert json.loads(data[20 : 20 + hlen]) == {"op": "ping", "id": 1}
     assert len(data) == 20 + hlen
 
 
@@ -63,8 +67,10 @@ def test_big_endian_and_strided_inputs_go_out_little_endian_contiguous():
 
 
 def test_arrays_are_8_byte_aligned_views_and_read_only():
-    data = frame_bytes({}, {"a": np.ones(3, np.uint8), "b": np.ones(2, np.float64), "c": np.ones(1, np.int16)})
-    header = json.loads(data[20:20 + struct.unpack("<I", data[8:12])[0]])
+    data = frame_bytes(
+        {}, {"a": np.ones(3, np.uint8), "b": np.ones(2, np.float64), "c": np.ones(1, np.int16)}
+    )
+    header = json.loads(data[20 : 20 + struct.unpack("<I", data[8:12])[0]])
     assert [d["offset"] % 8 for d in header["arrays"]] == [0, 0, 0]
     f = P.decode_frame(data)
     with pytest.raises(ValueError):
@@ -79,10 +85,16 @@ def test_nan_in_header_cannot_be_sent_or_received():
     assert e.value.code == P.E_BAD_JSON and not e.value.fatal
 
 
-@pytest.mark.parametrize("header, code", [
-    (b"{not json", P.E_BAD_JSON), (b"[1, 2]", P.E_BAD_JSON), (b"\xff\xfe", P.E_BAD_JSON),
-    (b'{"a": Infinity}', P.E_BAD_JSON), (b"[" * 100000 + b"]" * 100000, P.E_BAD_JSON),
-])
+@pytest.mark.parametrize(
+    "header, code",
+    [
+        (b"{not json", P.E_BAD_JSON),
+        (b"[1, 2]", P.E_BAD_JSON),
+        (b"\xff\xfe", P.E_BAD_JSON),
+        (b'{"a": Infinity}', P.E_BAD_JSON),
+        (b"[" * 100000 + b"]" * 100000, P.E_BAD_JSON),
+    ],
+)
 def test_bad_headers_are_non_fatal(header, code):
     d = P.FrameDecoder(P.Limits(max_header=1 << 20))
     with pytest.raises(P.ProtocolError) as e:
@@ -92,8 +104,12 @@ def test_bad_headers_are_non_fatal(header, code):
 
 
 def test_fatal_framing_errors():
-    cases = [(raw_frame(b"{}", magic=b"HTTP"), P.E_BAD_FRAME), (raw_frame(b"{}", version=2), P.E_UNSUPPORTED_VERSION),
-             (raw_frame(b"{}", flags=1), P.E_BAD_FRAME), (raw_frame(b""), P.E_BAD_FRAME)]
+    cases = [
+        (raw_frame(b"{}", magic=b"HTTP"), P.E_BAD_FRAME),
+        (raw_frame(b"{}", version=2), P.E_UNSUPPORTED_VERSION),
+        (raw_frame(b"{}", flags=1), P.E_BAD_FRAME),
+        (raw_frame(b""), P.E_BAD_FRAME),
+    ]
     for data, code in cases:
         d = P.FrameDecoder()
         with pytest.raises(P.ProtocolError) as e:
@@ -105,8 +121,8 @@ def test_fatal_framing_errors():
 
 def test_limits_are_enforced_from_the_prefix_alone():
     limits = P.Limits(max_header=100, max_payload=1000)
-    huge_payload = P.PREFIX.pack(P.MAGIC, P.VERSION, 0, 2, 2 ** 63)  # no bytes follow: nothing allocated
-    huge_header = P.PREFIX.pack(P.MAGIC, P.VERSION, 0, 2 ** 32 - 1, 0)
+    huge_payload = P.PREFIX.pack(P.MAGIC, P.VERSION, 0, 2, 2**63)  # no bytes follow: nothing allocated
+    huge_header = P.PREFIX.pack(P.MAGIC, P.VERSION, 0, 2**32 - 1, 0)
     for prefix in (huge_payload, huge_header):
         d = P.FrameDecoder(limits)
         with pytest.raises(P.ProtocolError) as e:
@@ -115,23 +131,32 @@ def test_limits_are_enforced_from_the_prefix_alone():
         with pytest.raises(P.ProtocolError) as e:
             P.read_frame(io.BytesIO(prefix), limits)
         assert e.value.code == P.E_TOO_LARGE
-    assert P.decode_frame(frame_bytes({"x": 1}, {"a": np.zeros(100, np.uint8)}), limits).arrays["a"].size == 100
+    assert (
+        P.decode_frame(frame_bytes({"x": 1}, {"a": np.zeros(100, np.uint8)}), limits).arrays["a"].size == 100
+    )
 
 
-@pytest.mark.parametrize("desc", [
-    "not a list", [1], [{"name": "a", "dtype": "<f4", "shape": [2], "offset": 0, "nbytes": 4}],  # nbytes != 8
-    [{"name": "a", "dtype": ">f4", "shape": [1], "offset": 0, "nbytes": 4}],  # big-endian not allowed
-    [{"name": "a", "dtype": "O", "shape": [1], "offset": 0, "nbytes": 8}],
-    [{"name": "a", "dtype": "<f4", "shape": [-1], "offset": 0, "nbytes": 4}],
-    [{"name": "a", "dtype": "<f4", "shape": [100], "offset": 0, "nbytes": 400}],  # beyond the payload
-    [{"name": "a", "dtype": "|u1", "shape": [4], "offset": 4, "nbytes": 4},
-     {"name": "b", "dtype": "|u1", "shape": [4], "offset": 0, "nbytes": 4}],  # overlapping / out of order
-    [{"name": "a", "dtype": "|u1", "shape": [1], "offset": 0, "nbytes": 1}] * 2,  # duplicate name
-    [{"name": "", "dtype": "|u1", "shape": [1], "offset": 0, "nbytes": 1}],
-    [{"name": "a", "dtype": "|u1", "shape": [1.5], "offset": 0, "nbytes": 1}],
-    [{"name": "a", "dtype": "|u1", "shape": [1] * 9, "offset": 0, "nbytes": 1}],
-    [{"name": "a", "dtype": "|u1", "shape": [True], "offset": 0, "nbytes": 1}],
-])
+@pytest.mark.parametrize(
+    "desc",
+    [
+        "not a list",
+        [1],
+        [{"name": "a", "dtype": "<f4", "shape": [2], "offset": 0, "nbytes": 4}],  # nbytes != 8
+        [{"name": "a", "dtype": ">f4", "shape": [1], "offset": 0, "nbytes": 4}],  # big-endian not allowed
+        [{"name": "a", "dtype": "O", "shape": [1], "offset": 0, "nbytes": 8}],
+        [{"name": "a", "dtype": "<f4", "shape": [-1], "offset": 0, "nbytes": 4}],
+        [{"name": "a", "dtype": "<f4", "shape": [100], "offset": 0, "nbytes": 400}],  # beyond the payload
+        [
+            {"name": "a", "dtype": "|u1", "shape": [4], "offset": 4, "nbytes": 4},
+            {"name": "b", "dtype": "|u1", "shape": [4], "offset": 0, "nbytes": 4},
+        ],  # overlapping / out of order
+        [{"name": "a", "dtype": "|u1", "shape": [1], "offset": 0, "nbytes": 1}] * 2,  # duplicate name
+        [{"name": "", "dtype": "|u1", "shape": [1], "offset": 0, "nbytes": 1}],
+        [{"name": "a", "dtype": "|u1", "shape": [1.5], "offset": 0, "nbytes": 1}],
+        [{"name": "a", "dtype": "|u1", "shape": [1] * 9, "offset": 0, "nbytes": 1}],
+        [{"name": "a", "dtype": "|u1", "shape": [True], "offset": 0, "nbytes": 1}],
+    ],
+)
 def test_inconsistent_array_descriptors_are_rejected(desc):
     data = raw_frame(json.dumps({"id": 5, "arrays": desc}).encode(), b"\0" * 8)
     with pytest.raises(P.ProtocolError) as e:
@@ -145,7 +170,7 @@ def test_incremental_decoder_byte_by_byte_and_batched():
     d = P.FrameDecoder()
     out = []
     for i in range(len(data)):
-        out += d.feed(data[i:i + 1])
+        out += d.feed(data[i : i + 1])
     assert [f.header["id"] for f in out] == list(range(5)) and d.buffered == 0
     np.testing.assert_array_equal(out[4].arrays["x"], np.arange(4))
     assert [f.header["id"] for f in P.FrameDecoder().feed(data)] == list(range(5))
@@ -162,8 +187,13 @@ def test_decode_frame_checks_the_total_length():
 def test_read_frame_over_a_socket_with_large_arrays():
     a, b = socket.socketpair()
     big = np.random.default_rng(0).integers(0, 255, size=(1024, 1024, 4), dtype=np.uint8)
-    sent = threading.Thread(target=lambda: (P.send_frame(a, {"op": "img"}, {"image": big}),
-                                            P.send_frame(a, {"op": "small"}), a.shutdown(socket.SHUT_WR)))
+    sent = threading.Thread(
+        target=lambda: (
+            P.send_frame(a, {"op": "img"}, {"image": big}),
+            P.send_frame(a, {"op": "small"}),
+            a.shutdown(socket.SHUT_WR),
+        )
+    )
     sent.start()
     stream = b.makefile("rb")
     f = P.read_frame(stream)

@@ -10,10 +10,24 @@ import torch
 
 from stylerig_engine.render.cameras import PerspectiveCamera, ffhq_alignment, portrait_camera
 from stylerig_engine.render.rasterizer import (
-    MeshRasterizer, barycentrics, interpolate, visibility, visibility_naive, visibility_reference)
+    MeshRasterizer,
+    barycentrics,
+    interpolate,
+    visibility,
+    visibility_naive,
+    visibility_reference,
+)
 from stylerig_engine.render.renderer import MeshRenderer
 from stylerig_engine.render.shading import (
-    C1, SHShader, sh_basis, sh_directional, sh_shade, srgb_to_linear, linear_to_srgb, vertex_normals)
+    C1,
+    SHShader,
+    linear_to_srgb,
+    sh_basis,
+    sh_directional,
+    sh_shade,
+    srgb_to_linear,
+    vertex_normals,
+)
 from stylerig_engine.render.synthetic import toy_head
 
 

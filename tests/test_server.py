@@ -50,8 +50,14 @@ def serve(tmp_path):
         engine = engine or make_engine(rig=rig, max_batch=max_batch)
         config = kw.pop("worker_config", None) or WorkerConfig(max_batch=max_batch)
         unix_path = tmp_path / f"e{len(running)}.sock" if unix else None
-        server = EngineServer(engine, port=kw.pop("port", 0), unix_path=unix_path,
-                              token_file=tmp_path / f"token{len(running)}", worker_config=config, **kw)
+        server = EngineServer(
+            engine,
+            port=kw.pop("port", 0),
+            unix_path=unix_path,
+            token_file=tmp_path / f"token{len(running)}",
+            worker_config=config,
+            **kw,
+        )
         r = Running(server, server.start())
         running.append(r)
         return r
@@ -127,14 +133,18 @@ def test_hello_must_come_in_time(serve):
     s = r.raw()
     t = time.monotonic()
     replies = read_all(s)
-    assert [h["error"]["code"] for h in replies] == ["unauthorized"] and "no hello" in replies[0]["error"]["message"]
+    assert [h["error"]["code"] for h in replies] == ["unauthorized"] and "no hello" in replies[0]["error"][
+        "message"
+    ]
     assert time.monotonic() - t < 5
 
 
 def test_garbage_and_wrong_versions_get_an_answer_then_close(serve):
     r = serve()
-    for data, code in ((b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad_frame"),
-                       (P.PREFIX.pack(P.MAGIC, 2, 0, 2, 0) + b"{}", "unsupported_version")):
+    for data, code in (
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad_frame"),
+        (P.PREFIX.pack(P.MAGIC, 2, 0, 2, 0) + b"{}", "unsupported_version"),
+    ):
         s = r.raw()
         s.sendall(data)
         assert [h["error"]["code"] for h in read_all(s)] == [code]
@@ -166,15 +176,40 @@ def test_bad_requests_get_clear_errors_and_the_connection_survives(serve):
         (P.encode_frame({"id": 6}), "bad_request", "'op'"),
         (P.encode_frame({"op": "new_face", "id": 7, "seed": -3}), "bad_request", "'seed'"),
         (P.encode_frame({"op": "new_face", "id": 8, "seed": 1, "psi": "high"}), "bad_request", "'psi'"),
-        (P.encode_frame({"op": "render", "id": 9, "handle": "nope"}), "unknown_handle", "unknown latent handle"),
+        (
+            P.encode_frame({"op": "render", "id": 9, "handle": "nope"}),
+            "unknown_handle",
+            "unknown latent handle",
+        ),
         (P.encode_frame({"op": "render", "id": 10, "handle": "h", "size": 0}), "bad_request", "'size'"),
-        (P.encode_frame({"op": "render", "id": 11, "handle": "h"}, {"target/pose": np.zeros(dim - 1, np.float32)}),
-         "bad_request", f"({dim},)"),
-        (P.encode_frame({"op": "render", "id": 12, "handle": "h"}, {"target/pose": nan_target}), "bad_request", "NaN"),
-        (P.encode_frame({"op": "upload_latent", "id": 13}, {"ws": np.zeros((3, 3), np.float32)}), "bad_request", "shape"),
-        (P.encode_frame({"op": "render", "id": 14, "handle": "h", "format": "png"}), "bad_request", "'format'"),
+        (
+            P.encode_frame(
+                {"op": "render", "id": 11, "handle": "h"}, {"target/pose": np.zeros(dim - 1, np.float32)}
+            ),
+            "bad_request",
+            f"({dim},)",
+        ),
+        (
+            P.encode_frame({"op": "render", "id": 12, "handle": "h"}, {"target/pose": nan_target}),
+            "bad_request",
+            "NaN",
+        ),
+        (
+            P.encode_frame({"op": "upload_latent", "id": 13}, {"ws": np.zeros((3, 3), np.float32)}),
+            "bad_request",
+            "shape",
+        ),
+        (
+            P.encode_frame({"op": "render", "id": 14, "handle": "h", "format": "png"}),
+            "bad_request",
+            "'format'",
+        ),
         (P.encode_frame({"op": "fit", "id": 15, "handle": "nope"}), "not_available", "no DFR loaded"),
-        (P.encode_frame({"op": "get_latent", "id": 16, "handle": "nope"}), "unknown_handle", "unknown latent handle"),
+        (
+            P.encode_frame({"op": "get_latent", "id": 16, "handle": "nope"}),
+            "unknown_handle",
+            "unknown latent handle",
+        ),
         (P.encode_frame({"op": "hello", "id": 17, "token": "x"}), "bad_request", "already"),
         (P.encode_frame({"op": "ping", "id": [1]}), "bad_request", "'id'"),
     ]
@@ -213,7 +248,9 @@ def test_faces_latents_and_renders_match_the_engine(serve):
     np.testing.assert_array_equal(img, r.engine.render([h])[0])
     np.testing.assert_array_equal(c.render(h, size=40), r.engine.render([h], size=40)[0])
     f16 = c.render(h, format="float16", colorspace="linear", origin="bottom")
-    np.testing.assert_array_equal(f16, r.engine.render([h], fmt="float16", colorspace="linear", origin="bottom")[0])
+    np.testing.assert_array_equal(
+        f16, r.engine.render([h], fmt="float16", colorspace="linear", origin="bottom")[0]
+    )
     jpeg = c.render(h, format="jpeg", size=64, quality=80)
     assert isinstance(jpeg, bytes) and jpeg[:2] == b"\xff\xd8"
     up = c.upload_latent(ws)
@@ -231,7 +268,10 @@ def test_geometry(serve):
     np.testing.assert_array_equal(arrays["vertices"], r.engine.model.neutral)
     np.testing.assert_array_equal(arrays["polygon_vertices"], r.engine.model.polygon_vertices)
     assert arrays["identity_basis"].shape == (2, 8, 3)
-    assert meta["expression_names"] == ["jawOpen", "eyeBlink_L"] and meta["layout"]["blocks"][0]["name"] == "identity"
+    assert (
+        meta["expression_names"] == ["jawOpen", "eyeBlink_L"]
+        and meta["layout"]["blocks"][0]["name"] == "identity"
+    )
 
 
 def test_fit_and_rig_driven_renders(serve):
@@ -398,7 +438,11 @@ def test_duplicate_request_ids_are_refused(serve):
     P.send_frame(s, {"op": "new_face", "id": 2, "seed": 1})
     P.send_frame(s, {"op": "new_face", "id": 2, "seed": 2})
     dup = P.read_frame(stream).header
-    assert dup["id"] == 2 and dup["error"]["code"] == "bad_request" and "already in use" in dup["error"]["message"]
+    assert (
+        dup["id"] == 2
+        and dup["error"]["code"] == "bad_request"
+        and "already in use" in dup["error"]["message"]
+    )
     gate.set()
     replies = {P.read_frame(stream).header["id"] for _ in range(2)}
     assert replies == {1, 2}
@@ -514,9 +558,12 @@ def test_streaming_renderer_reconnects_when_the_engine_comes_back(serve, tmp_pat
 
     auth.write_token_file(token_file, r1.server.token)
     errors = []
-    stream = StreamingRenderer(lambda: Client.connect(("127.0.0.1", port), token_file=token_file,
-                                                      connect_timeout=1), size=16, reconnect_interval=0.1,
-                               on_error=errors.append)
+    stream = StreamingRenderer(
+        lambda: Client.connect(("127.0.0.1", port), token_file=token_file, connect_timeout=1),
+        size=16,
+        reconnect_interval=0.1,
+        on_error=errors.append,
+    )
     try:
         ws = r1.engine.latent(r1.engine.new_face(2)).numpy()
         seq = stream.submit(ws)

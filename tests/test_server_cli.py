@@ -1,4 +1,4 @@
-"""`stylerig serve` as a real process: the listen line, the token file, SIGTERM/SIGINT and shutdown requests."""
+"""`stylerig serve` as a real process: the listen line, the token file, SIGTERM/SIGINT, shutdown requests."""
 
 from __future__ import annotations
 
@@ -19,9 +19,26 @@ TESTS = Path(__file__).parent
 def start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stylerig_engine", "serve", "--generator", "py:test_server_engine:make_generator",
-         "--device", "cpu", "--token-file", str(tmp_path / "run" / "token"), "--unix", str(tmp_path / "e.sock"), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "stylerig_engine",
+            "serve",
+            "--generator",
+            "py:test_server_engine:make_generator",
+            "--device",
+            "cpu",
+            "--token-file",
+            str(tmp_path / "run" / "token"),
+            "--unix",
+            str(tmp_path / "e.sock"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     line = proc.stdout.readline()
     if not line:
         proc.kill()
@@ -80,8 +97,24 @@ def test_serve_stops_on_a_shutdown_request(tmp_path):
 
 def test_serve_reports_a_bad_generator(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    res = subprocess.run([sys.executable, "-m", "stylerig_engine", "serve", "--generator", "py:test_server_engine:make_generator",
-                          "--rignet", str(tmp_path), "--token-file", str(tmp_path / "t")],
-                         check=False, capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stylerig_engine",
+            "serve",
+            "--generator",
+            "py:test_server_engine:make_generator",
+            "--rignet",
+            str(tmp_path),
+            "--token-file",
+            str(tmp_path / "t"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert res.returncode == 1 and "RigNet loading is not implemented" in res.stderr
     assert not (tmp_path / "t").exists()

@@ -1,4 +1,4 @@
-"""The engine facade (stylerig_engine.engine) with tiny stand-ins for the generator, face model, DFR and RigNets.
+"""The engine facade (stylerig_engine.engine) with tiny stand-ins for the generator, face model, DFR, RigNets.
 
 The stand-ins live here (and are imported by the other server tests and by `stylerig serve --generator
 py:test_server_engine:make_generator`) so the server can be tested before the real parts exist.
@@ -35,7 +35,7 @@ class TinyGenerator(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.z_dim, self.w_dim, self.num_ws, self.img_resolution = z_dim, w_dim, num_ws, resolution
-        self.register_buffer("a", torch.randn(z_dim, w_dim, generator=g) / z_dim ** 0.5)
+        self.register_buffer("a", torch.randn(z_dim, w_dim, generator=g) / z_dim**0.5)
         self.register_buffer("w_avg", 0.1 * torch.randn(w_dim, generator=g))
         self.register_buffer("c", torch.randn(num_ws * w_dim, 3 * 4 * 4, generator=g))
         self.register_buffer("pattern", torch.randn(3, resolution, resolution, generator=g))
@@ -70,15 +70,23 @@ def tiny_model() -> MorphableModel:
     neutral = rng.normal(size=(v, 3)).astype(np.float32)
     polygon_vertices = np.array([0, 1, 2, 3, 4, 5, 6, 7, 2, 3, 4], np.int32)  # two quads and a triangle
     model = MorphableModel(
-        name="tiny", neutral=neutral,
+        name="tiny",
+        neutral=neutral,
         identity_basis=rng.normal(size=(3, v, 3)).astype(np.float32),
         expression_basis=rng.normal(size=(2, v, 3)).astype(np.float32),
-        expression_names=["jawOpen", "eyeBlink_L"], expression_prior="blendshape",
-        albedo_mean=np.full((v, 3), 0.5, np.float32), albedo_basis=rng.normal(size=(1, v, 3)).astype(np.float32),
-        albedo_names=["tone"], triangles=np.array([[0, 1, 2], [0, 2, 3], [2, 3, 4]], np.int32),
-        polygon_start=np.array([0, 4, 8, 11], np.int32), polygon_vertices=polygon_vertices,
-        uvs=rng.uniform(size=(v, 2)).astype(np.float32), polygon_uvs=polygon_vertices.copy(),
-        landmarks=(np.arange(68) % v).astype(np.int32), regions={})
+        expression_names=["jawOpen", "eyeBlink_L"],
+        expression_prior="blendshape",
+        albedo_mean=np.full((v, 3), 0.5, np.float32),
+        albedo_basis=rng.normal(size=(1, v, 3)).astype(np.float32),
+        albedo_names=["tone"],
+        triangles=np.array([[0, 1, 2], [0, 2, 3], [2, 3, 4]], np.int32),
+        polygon_start=np.array([0, 4, 8, 11], np.int32),
+        polygon_vertices=polygon_vertices,
+        uvs=rng.uniform(size=(v, 2)).astype(np.float32),
+        polygon_uvs=polygon_vertices.copy(),
+        landmarks=(np.arange(68) % v).astype(np.int32),
+        regions={},
+    )
     model.validate()
     return model
 
@@ -87,7 +95,9 @@ class TinyRig:
     """DFR + RigNets stand-ins: fit is linear in the mean latent; edit shifts ws by a function of each target
     and records the order in which it composed the modes."""
 
-    def __init__(self, generator: TinyGenerator, layout: ParamLayout, modes=("pose", "expression", "illumination")):
+    def __init__(
+        self, generator: TinyGenerator, layout: ParamLayout, modes=("pose", "expression", "illumination")
+    ):
         g = torch.Generator().manual_seed(1)
         self.m = torch.randn(generator.w_dim, layout.dim, generator=g)
         self.n = {mode: torch.randn(layout.dim, generator.w_dim, generator=g) / layout.dim for mode in modes}
@@ -179,7 +189,7 @@ def test_render_formats_sizes_and_orientation():
 
     decoded = np.asarray(Image.open(io.BytesIO(jpegs[0])))
     assert decoded.shape == (32, 32, 3)
-    for bad in ({"fmt": "png"}, {"size": 0}, {"size": 10 ** 6}, {"origin": "left"}, {"colorspace": "xyz"}):
+    for bad in ({"fmt": "png"}, {"size": 0}, {"size": 10**6}, {"origin": "left"}, {"colorspace": "xyz"}):
         with pytest.raises(EngineError):
             e.render([h], **bad)
 
@@ -257,7 +267,11 @@ def test_latent_upload_checks_and_lru():
     np.testing.assert_array_equal(e.latent(h).numpy(), ws)
     hw = e.upload(ws[0])  # W broadcast to every layer
     assert torch.equal(e.latent(hw), torch.from_numpy(ws[0]).expand(e.num_ws, -1))
-    for bad, msg in ((ws[:, :-1], "shape"), (np.full_like(ws, np.inf), "NaN or inf"), (np.array(["a"]), "numeric")):
+    for bad, msg in (
+        (ws[:, :-1], "shape"),
+        (np.full_like(ws, np.inf), "NaN or inf"),
+        (np.array(["a"]), "numeric"),
+    ):
         with pytest.raises(EngineError, match=msg):
             e.upload(bad)
     for _ in range(3):
@@ -287,9 +301,28 @@ def test_synthetic_generator_when_available():
     except ImportError as err:
         pytest.skip(f"synthetic generator not in this build: {err}")
     try:
-        e = build_engine("synthetic")
+        e = build_engine("synthetic:64", oracle_fit=True)
     except (EngineError, TypeError, FileNotFoundError) as err:
         pytest.skip(f"synthetic generator not constructible yet: {err}")
     h = e.new_face(0)
-    img = e.render([h], size=64)
-    assert img.shape == (1, 64, 64, 4) and img.dtype == np.uint8
+    img = e.render([h], size=32)
+    assert img.shape == (1, 32, 32, 4) and img.dtype == np.uint8 and img[..., :3].std() > 5
+    p = e.fit(h)  # the oracle: exact ground truth of the synthetic world
+    np.testing.assert_allclose(p, e.generator.true_params(e.latents([h]))[0].numpy())
+    assert e.geometry()[1]["vertices"].shape == (e.model.num_vertices, 3)
+
+
+def test_stylegan2_generator_when_available():
+    from stylerig_engine.engine import load_generator
+
+    try:
+        gen = load_generator("random:16")
+    except (EngineError, ImportError) as err:
+        pytest.skip(f"stylegan2.load_generator not usable in this build: {err}")
+    model = tiny_model()
+    e = Engine(gen, model, layout_for_model(model))
+    h = e.new_face(5, psi=0.5)
+    z = torch.from_numpy(np.random.RandomState(5).randn(1, e.z_dim)).float()
+    torch.testing.assert_close(e.latent(h), gen.mapping(z, None, psi=0.5)[0])
+    img = e.render([h], size=8)
+    assert img.shape == (1, 8, 8, 4) and img.dtype == np.uint8

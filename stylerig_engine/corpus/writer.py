@@ -132,7 +132,8 @@ def scale_landmarks(lm: torch.Tensor, from_size: int, to_size: int) -> torch.Ten
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Float images in [-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3), as NVIDIA's scripts save them."""
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    y = x * 127.5
+    return y.add_(128).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 @torch.no_grad()

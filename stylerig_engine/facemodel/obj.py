@@ -8,7 +8,6 @@ skipped. Parsing works on whole blocks of lines with numpy, so a 2.5 MB ICT shap
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -203,12 +202,24 @@ def read_obj_vertices(path: str | os.PathLike) -> np.ndarray:
 
 
 def _format_rows(a: np.ndarray, prefix: str, number: str = "%.6g") -> str:
+    """Rows of numbers; with "%.6g" (C++ stream default, as ICT writes) a value that would not read back as
+    the same float32 gets up to 9 significant digits, so that writing then reading is lossless."""
     if len(a) == 0:
         return ""
-    fmt = prefix + " " + " ".join([number] * a.shape[1])
-    buf = io.StringIO()
-    np.savetxt(buf, np.asarray(a, dtype=np.float64), fmt=fmt, newline="\n")
-    return buf.getvalue()
+    a32 = np.asarray(a, dtype=np.float32)
+    flat = a32.reshape(-1).astype(np.float64)
+    text = np.char.mod(number, flat).astype(object)
+    if number == "%.6g":
+        for digits in (7, 8, 9):
+            bad = np.flatnonzero(text.astype(np.float64).astype(np.float32) != a32.reshape(-1))
+            if not bad.size:
+                break
+            text[bad] = np.char.mod(f"%.{digits}g", flat[bad]).astype(object)
+    text = text.reshape(a32.shape)
+    line = prefix + " " + text[:, 0]
+    for j in range(1, a32.shape[1]):
+        line = line + " " + text[:, j]
+    return "\n".join(line) + "\n"
 
 
 def format_obj(mesh: ObjMesh, vertices: np.ndarray | None = None) -> str:

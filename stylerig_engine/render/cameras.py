@@ -65,7 +65,7 @@ class PerspectiveCamera:
     def fov_degrees(self) -> float:
         return float(np.degrees(2 * np.arctan(0.5 / self.focal)))
 
-    def with_size(self, image_size: int) -> "PerspectiveCamera":
+    def with_size(self, image_size: int) -> PerspectiveCamera:
         """The same view at another resolution."""
         return replace(self, image_size=int(image_size))
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-# The render-faces line-up: (name, {"rotation": (pitch, yaw, roll) degrees, "light": key, "expression": {}}).
+# The render-faces line-up. Poses: (name, (pitch, yaw, roll) in degrees), under the "key" light.
 POSES = (("yaw-45", (0, -45, 0)), ("yaw-20", (0, -20, 0)), ("frontal", (0, 0, 0)), ("yaw+20", (0, 20, 0)),
          ("yaw+45", (0, 45, 0)), ("pitch-15", (-15, 0, 0)), ("pitch+15", (15, 0, 0)))
 # Light directions from the face towards the light, world frame (+X = the viewer's right).
 LIGHTS = {
-    "key": dict(direction=(0.4, 0.5, 1.0), intensity=0.75, ambient=0.35),
-    "front": dict(direction=(0.0, 0.0, 1.0), intensity=0.8, ambient=0.3),
-    "viewer-left": dict(direction=(-1.0, 0.2, 0.4), intensity=0.9, ambient=0.25),
-    "viewer-right": dict(direction=(1.0, 0.2, 0.4), intensity=0.9, ambient=0.25),
-    "top": dict(direction=(0.0, 1.0, 0.5), intensity=0.9, ambient=0.25),
-    "ambient": dict(direction=(0.0, 0.0, 1.0), intensity=0.0, ambient=0.9),
+    "key": {"direction": (0.4, 0.5, 1.0), "intensity": 0.75, "ambient": 0.35},
+    "front": {"direction": (0.0, 0.0, 1.0), "intensity": 0.8, "ambient": 0.3},
+    "viewer-left": {"direction": (-1.0, 0.2, 0.4), "intensity": 0.9, "ambient": 0.25},
+    "viewer-right": {"direction": (1.0, 0.2, 0.4), "intensity": 0.9, "ambient": 0.25},
+    "top": {"direction": (0.0, 1.0, 0.5), "intensity": 0.9, "ambient": 0.25},
+    "ambient": {"direction": (0.0, 0.0, 1.0), "intensity": 0.0, "ambient": 0.9},
 }
 EXPRESSIONS = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R")
 BACKGROUND_SRGB = 0.5  # neutral mid grey
@@ -38,6 +34,9 @@ def register(subparsers) -> None:
                    help="a morphable model .npz (default: the engine's default face model)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--backend", default="torch", help="rasteriser backend: torch (default), reference, naive")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the renderer's ops are small, and more threads than free "
+                        "cores make OpenMP spin-wait, ~10x slower on a busy machine; 0 = torch's default)")
     p.set_defaults(func=run_render_faces)
 
 
@@ -53,8 +52,10 @@ def _load_model(path: Path | None):
     return load_default_model()
 
 
-def lineup(renderer) -> tuple[list[str], torch.Tensor]:
-    """The names and (N, D) parameter vectors that render-faces draws."""
+def lineup(renderer):
+    """The names and the (N, D) tensor of parameter vectors that render-faces draws."""
+    import torch
+
     from .shading import sh_directional
 
     lay = renderer.layout
@@ -84,14 +85,16 @@ def lineup(renderer) -> tuple[list[str], torch.Tensor]:
     return names, torch.stack(rows)
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) linear RGB -> (H, W, 3) uint8 sRGB."""
+def to_uint8(image):
+    """(3, H, W) linear-RGB tensor -> (H, W, 3) uint8 sRGB numpy array."""
+    import numpy as np
+
     from .shading import linear_to_srgb
 
     return (linear_to_srgb(image.detach().float().cpu()).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def contact_sheet(images: list[np.ndarray], labels: list[str], columns: int = 7):
+def contact_sheet(images: list, labels: list[str], columns: int = 7):
     """Tile (H, W, 3) uint8 images with a caption under each into one PIL image."""
     from PIL import Image, ImageDraw
 
@@ -108,6 +111,7 @@ def contact_sheet(images: list[np.ndarray], labels: list[str], columns: int = 7)
 
 
 def run_render_faces(args) -> int:
+    import torch
     from PIL import Image
 
     from ..fileio import atomic_write
@@ -116,6 +120,8 @@ def run_render_faces(args) -> int:
 
     if args.size < 16:
         raise SystemExit("render-faces: --size must be at least 16")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     model = _load_model(args.model)
     renderer = FaceRenderer(model, image_size=args.size, device=args.device, backend=args.backend)
     names, params = lineup(renderer)

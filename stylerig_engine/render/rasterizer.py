@@ -34,6 +34,7 @@ from outside, so front faces have negative area and `cull_backfaces` drops the r
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -121,33 +122,6 @@ def interpolate(values: torch.Tensor, fragments: Fragments) -> torch.Tensor:
 
 
 # ---- triangle set-up shared by every backend --------------------------------------------------------
-def _setup(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable per-triangle data for the barycentric pass, from (..., 3) vertex x, y (px), depth z.
-
-    Returns (data (..., 16), area (...)). data holds, for the edge opposite vertex i (i = 0, 1, 2) running
-    from vertex j = i+1 to k = i+2 (mod 3): x_j, y_j, x_k - x_j, y_k - y_j; then 1 / area; then 1 / z_i.
-    """
-    x0, x1, x2 = x.unbind(-1)
-    y0, y1, y2 = y.unbind(-1)
-    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-    safe = torch.where(area.abs() < _MIN_AREA, torch.ones_like(area), area)
-    edges = []
-    for xj, yj, xk, yk in ((x1, y1, x2, y2), (x2, y2, x0, y0), (x0, y0, x1, y1)):
-        edges += [xj, yj, xk - xj, yk - yj]
-    data = torch.stack(edges + [1.0 / safe] + list((1.0 / z).unbind(-1)), dim=-1)
-    return data, area
-
-
-def _screen_bary(data: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """Screen-space barycentrics (..., 3) of points (px, py) w.r.t. triangles `data` (..., 16)."""
-    inv_area = data[..., 12]
-    out = []
-    for i in range(3):
-        xj, yj, dx, dy = (data[..., 4 * i + k] for k in range(4))
-        out.append((dx * (py - yj) - dy * (px - xj)) * inv_area)
-    return torch.stack(out, dim=-1)
-
-
 _INDEX_CACHE: dict = {}
 
 
@@ -296,7 +270,7 @@ def visibility(screen: torch.Tensor, faces: torch.Tensor, image_size: tuple[int,
         cuts = torch.arange(max_candidates, total, max_candidates, device=dev)
         bounds += sorted(set(torch.searchsorted(ends, cuts, right=True).tolist()) - {0, im.numel()})
     bounds.append(im.numel())
-    for s, e in zip(bounds[:-1], bounds[1:]):
+    for s, e in itertools.pairwise(bounds):
         ids = im[s:e]
         c = cnt[s:e]
         n = int(c.sum())
@@ -415,7 +389,7 @@ class MeshRasterizer(torch.nn.Module):
     def forward(self, screen: torch.Tensor, faces: torch.Tensor) -> Fragments:
         """(B, V, 3) (x_px, y_px, depth) vertices and (T, 3) faces -> Fragments."""
         _check(screen, faces)
-        kw = dict(cull_backfaces=self.cull_backfaces, near=self.near)
+        kw = {"cull_backfaces": self.cull_backfaces, "near": self.near}
         if self.backend == "torch":
             pix_to_face = visibility(screen, faces, self.image_size, max_candidates=self.max_candidates, **kw)
         elif self.backend == "reference":
@@ -449,16 +423,16 @@ def barycentrics(screen: torch.Tensor, faces: torch.Tensor, pix_to_face: torch.T
     col = rem - row * w
     vertex_ids = faces.long().index_select(0, face_ids) + (b * nv)[:, None]  # (N, 3)
     corners = screen.reshape(-1, 3).index_select(0, vertex_ids.view(-1)).view(-1, 3, 3)  # (N, 3, 3)
-    x, y, z = corners.unbind(-1)
-    data, _ = _setup(x, y, z)
-    lam = _screen_bary(data, col.to(screen.dtype), row.to(screen.dtype))
-    if perspective_correct:
-        wgt = lam / z
-        inv_depth = wgt.sum(-1)
-        bary = wgt / inv_depth[:, None]
-        depth = 1.0 / inv_depth
-    else:
-        bary = lam
-        depth = (lam * z).sum(-1)
+    x, y, z = corners.unbind(-1)  # (N, 3) each
+    px, py = col.to(screen.dtype)[:, None], row.to(screen.dtype)[:, None]
+    # Edge functions w_i = twice the signed area of (pixel, v_j, v_k), (i, j, k) cyclic; w_i / sum(w) are
+    # the screen-space barycentrics (sum(w) = twice the triangle's signed area, never 0 for drawn ones).
+    xj, yj = x.roll(-1, 1), y.roll(-1, 1)
+    xk, yk = x.roll(-2, 1), y.roll(-2, 1)
+    wgt = (xk - xj) * (py - yj) - (yk - yj) * (px - xj)
+    if perspective_correct:  # b_i = (l_i / z_i) / sum_j (l_j / z_j); the triangle area cancels
+        wgt = wgt / z
+    bary = wgt / wgt.sum(-1, keepdim=True)
+    depth = (bary * z).sum(-1)  # = 1 / sum_j (l_j / z_j) when perspective-correct
     return Fragments(pix_to_face=pix_to_face, pixels=pixels, faces=face_ids, vertex_ids=vertex_ids,
                      bary_packed=bary, zbuf_packed=depth, image_size=(int(h), int(w)))

@@ -51,10 +51,12 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     f = faces.long()
     flat = verts.reshape(bsz * nv, 3)
     offs = (torch.arange(bsz, device=verts.device) * nv)[:, None]
-    v0, v1, v2 = (flat.index_select(0, (f[:, k][None] + offs).reshape(-1)) for k in range(3))
+    idx = [(f[:, k][None] + offs).reshape(-1) for k in range(3)]
+    v0, v1, v2 = (flat.index_select(0, i) for i in idx)
     fn = torch.linalg.cross(v1 - v0, v2 - v0)  # (B T, 3), length = 2 * area
-    idx = torch.cat([(f[:, k][None] + offs).reshape(-1) for k in range(3)])
-    n = torch.zeros_like(flat).index_add(0, idx, fn.repeat(3, 1))
+    n = torch.zeros_like(flat)
+    for i in idx:
+        n = n.index_add(0, i, fn)
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-12).view(bsz, nv, 3)
 
 
@@ -115,6 +117,15 @@ def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
+def per_image_sh(basis: torch.Tensor, gamma: torch.Tensor, fragments: Fragments) -> torch.Tensor:
+    """(N, 9) per-pixel basis values times each pixel's own image's (B, 9, 3) coefficients -> (N, 3).
+    Covered pixels are ordered by image, so this is one small matmul per image."""
+    if gamma.shape[0] == 1:
+        return basis @ gamma[0]
+    counts = torch.bincount(fragments.batch_index, minlength=gamma.shape[0]).tolist()
+    return torch.cat([part @ g for part, g in zip(basis.split(counts), gamma.unbind(0))])
+
+
 # ---- shaders: Fragments + mesh attributes -> per-covered-pixel colours (N, 3) ------------------------
 class SHShader(torch.nn.Module):
     """Lambertian SH shading with per-pixel normals (Phong interpolation of area-weighted vertex normals,
@@ -136,8 +147,7 @@ class SHShader(torch.nn.Module):
             normals = vertex_normals(verts, faces)
         n = torch.nn.functional.normalize(interpolate(normals, fragments), dim=-1, eps=1e-12)
         a = interpolate(albedo, fragments)
-        g = gamma.index_select(0, fragments.batch_index)  # (N, 9, 3)
-        return a * sh_shade(n, g)
+        return a * per_image_sh(sh_basis(n), gamma, fragments)
 
 
 class AlbedoShader(torch.nn.Module):

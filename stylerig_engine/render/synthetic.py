@@ -104,7 +104,7 @@ def toy_head(n_lat: int = 24, n_lon: int = 32, *, nose: float = 2.0) -> Morphabl
         polygon_start=np.arange(0, 3 * len(tris) + 1, 3, dtype=np.int32),
         polygon_vertices=tris.reshape(-1).astype(np.int32), uvs=np.zeros((0, 2), np.float32),
         polygon_uvs=np.zeros((0,), np.int32), landmarks=landmarks,
-        regions=dict(face_skin=face & ~eyes, eyes=eyes, head_neck=~face),
+        regions={"face_skin": face & ~eyes, "eyes": eyes, "head_neck": ~face},
         notice="synthetic test model, no data")
     model.validate()
     return model

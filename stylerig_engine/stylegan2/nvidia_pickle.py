@@ -30,6 +30,7 @@ and builds our `Generator`.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import os
@@ -252,6 +253,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python implementation, so B
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3 and self.fix_imports:  # Python 2 names in protocol 0-2 streams, as pickle does
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
         target = ALLOWED_GLOBALS.get((module, name))
         if target is None:
             if module == "dnnlib.tflib.network":

@@ -75,6 +75,15 @@ PRETRAINED: dict[str, PretrainedNetwork] = {
 GENERATOR_FACTORIES: dict[str, Callable[[str], Generator]] = {}
 
 
+def _synthetic_world(spec: str):
+    from ..synthetic import make_synthetic
+
+    return make_synthetic(spec)
+
+
+GENERATOR_FACTORIES["synthetic"] = _synthetic_world
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Our format
 
@@ -183,8 +192,8 @@ def _write_record(name: str, record: dict[str, Any]) -> None:
         json.dump(records, f, indent=2, sort_keys=True)
 
 
-def _confirm_license(accept_license: bool, confirm: Callable[[str], bool] | None, out=sys.stderr) -> None:
-    print(LICENSE_NOTICE, file=out)
+def _confirm_license(accept_license: bool, confirm: Callable[[str], bool] | None) -> None:
+    print(LICENSE_NOTICE, file=sys.stderr)
     if accept_license:
         return
     if confirm is None:

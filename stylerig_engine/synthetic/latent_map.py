@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 # Layer weights per block for a 14-layer W+ (256² StyleGAN2). Coarse = 0-3, middle = 4-7, fine = 8-13.
+# Every face block also leaks weakly into layers outside its main range (as in StyleGAN, where e.g. pose is
+# mostly but not only coarse), so copying a block's main layers from another latent never transfers it exactly.
 LAYER_MIX_14: dict[str, dict[int, float]] = {
-    "pose": {0: 1.0, 1: 1.0, 2: 0.7, 3: 0.5, 4: 0.3},
+    "pose": {0: 1.0, 1: 1.0, 2: 0.7, 3: 0.5, 4: 0.3, 5: 0.25, 6: 0.2},
     "identity": {0: 0.6, 1: 1.0, 2: 1.0, 3: 1.0, 4: 0.5, 5: 0.3},
-    "expression": {3: 0.4, 4: 1.0, 5: 1.0, 6: 1.0, 7: 0.7, 8: 0.3},
+    "expression": {2: 0.25, 3: 0.4, 4: 1.0, 5: 1.0, 6: 1.0, 7: 0.7, 8: 0.3, 9: 0.2},
     "albedo": {6: 0.3, 7: 0.6, 8: 1.0, 9: 1.0, 10: 1.0, 11: 0.5},
     "illumination": {2: 0.3, 7: 0.4, 8: 0.7, 9: 1.0, 10: 1.0, 11: 1.0, 12: 0.6, 13: 0.4},
     "background": {0: 0.5, 10: 1.0, 11: 1.0, 12: 1.0, 13: 1.0},

@@ -1,0 +1,138 @@
+"""`stylerig train dfr|rignet|all` and `stylerig evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..fileio import atomic_write
+from ..params import CONTROL_MODES, PAPER_MODES
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train DFR and RigNets on a corpus (or everything: train all)")
+    kinds = train.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    def common(p, *, corpus=True):
+        if corpus:
+            p.add_argument("--corpus", required=True, help="corpus directory (stylerig corpus)")
+        p.add_argument("--out", required=True, help="run directory for checkpoints, config and logs")
+        p.add_argument("--steps", type=int, default=None, help="optimisation steps")
+        p.add_argument("--batch", type=int, default=32, help="global batch size")
+        p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--resume", action="store_true", help="continue the run in --out")
+        p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        p.add_argument("--model", default=None, help="morphable model name or .npz (default: ICT)")
+
+    dfr = kinds.add_parser("dfr", help="train DFR (latent -> face parameters), self-supervised")
+    common(dfr)
+    dfr.set_defaults(func=_train_one, net="dfr")
+    rig = kinds.add_parser("rignet", help="train the RigNet of one control mode against a trained DFR")
+    common(rig)
+    rig.add_argument("--mode", required=True, choices=sorted(CONTROL_MODES))
+    rig.add_argument("--dfr", required=True, help="DFR checkpoint (dfr.safetensors)")
+    rig.add_argument("--layers", default=None, help="W+ layers the mode may change, e.g. 0-4 or 0,1,2")
+    rig.set_defaults(func=_train_one, net="rignet")
+    everything = kinds.add_parser("all", help="corpus -> DFR -> RigNets (pose, expression, illumination) -> evaluation")
+    common(everything, corpus=False)
+    everything.add_argument("--generator", default="synthetic:64", help="generator spec (default synthetic:64)")
+    everything.add_argument("--count", type=int, default=4000, help="corpus samples")
+    everything.add_argument("--psi", type=float, default=0.8)
+    everything.add_argument("--modes", default=",".join(PAPER_MODES), help="comma-separated control modes")
+    everything.add_argument("--dfr-steps", type=int, default=1500)
+    everything.add_argument("--rignet-steps", type=int, default=1000)
+    everything.add_argument("--eval-count", type=int, default=256)
+    everything.set_defaults(func=_train_all)
+
+    ev = subparsers.add_parser("evaluate", help="measure a rig's control accuracy and drift on held-out latents")
+    ev.add_argument("--rig", default=None, help="rig directory (default: the shipped synthetic-world rig)")
+    ev.add_argument("--generator", default="synthetic:64")
+    ev.add_argument("--count", type=int, default=256)
+    ev.add_argument("--psi", type=float, default=0.8)
+    ev.add_argument("--json", default=None, help="write the full report here")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_evaluate)
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    return sorted(set(out))
+
+
+def _config(args, net: str, **overrides):
+    from .train import TrainConfig
+
+    defaults = {"dfr": dict(steps=1500, lr=1e-3), "rignet": dict(steps=1000, lr=3e-4)}[net]
+    kw = dict(net=net, out=args.out, batch=args.batch, seed=args.seed, tensorboard=args.tensorboard,
+              device=args.device, model=args.model, steps=args.steps or defaults["steps"],
+              lr=args.lr or defaults["lr"])
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def _train_one(args) -> int:
+    from .train import train
+
+    extra = {}
+    if args.net == "rignet":
+        extra = dict(mode=args.mode, dfr=args.dfr, layers=parse_layers(args.layers))
+    cfg = _config(args, args.net, corpus=args.corpus, **extra)
+    path = train(cfg, resume=args.resume)
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_all(args) -> int:
+    from ..corpus import CorpusConfig, build_corpus, resolve_generator
+    from .editing import load_rig
+    from .evaluate import evaluate, format_table
+    from .train import train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = resolve_generator(args.generator)
+    size = generator.img_resolution
+    corpus_dir = out / "corpus"
+    build_corpus(CorpusConfig(generator=args.generator, count=args.count, size=size, psi=args.psi,
+                              seed=args.seed), corpus_dir, generator=generator)
+    dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.dfr_steps)
+    dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for mode in modes:
+        cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps)
+        train(cfg, resume=args.resume or (out / f"rignet-{mode}.safetensors").exists())
+    rig = load_rig(out)
+    report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
+    report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
+                          "dfr_steps": args.dfr_steps, "rignet_steps": args.rignet_steps, "batch": args.batch,
+                          "seed": args.seed}
+    with atomic_write(out / "evaluation.json", "w") as f:
+        json.dump(report, f, indent=1)
+    print(format_table(report))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ..corpus import resolve_generator
+    from .editing import load_rig
+    from .evaluate import evaluate, format_table
+
+    rig = load_rig(args.rig, args.device)
+    generator = resolve_generator(args.generator, device=args.device)
+    report = evaluate(rig, generator, count=args.count, psi=args.psi)
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    print(format_table(report))
+    return 0
+
+
+__all__ = ["register", "parse_layers"]

@@ -1,0 +1,147 @@
+"""Losses of DFR and RigNet (formulas in docs/rig.md).
+
+Images from a generator are sRGB in [-1, 1]; renders are linear RGB, so renders are encoded with
+`to_generator_space` before they are compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..params import CONTROL_MODES, ParamLayout
+from ..render.face import FaceRenderer
+from ..render.shading import linear_to_srgb
+
+
+def to_generator_space(linear: torch.Tensor) -> torch.Tensor:
+    """Linear RGB render -> the generator's image space (sRGB in [-1, 1])."""
+    return linear_to_srgb(linear) * 2 - 1
+
+
+def region_model(model, region: str = "face_skin"):
+    """The model with only the triangles of one region: the photometric losses compare that region only, so
+    the rest of the head need not be rasterised (about 2-3x fewer triangles for the ICT face)."""
+    import dataclasses
+
+    keep = model.regions[region][model.triangles].all(1)
+    return dataclasses.replace(model, triangles=model.triangles[keep])
+
+
+def landmark_weights(device=None) -> torch.Tensor:
+    """(68,) weights of the iBUG landmarks: the jaw contour counts least (it slides along the silhouette),
+    eyes and mouth most; mean 1."""
+    w = torch.ones(68)
+    w[0:17] = 0.5  # jaw contour
+    w[36:48] = 2.0  # eyes
+    w[48:68] = 2.0  # mouth
+    w[[30, 33]] = 2.0  # nose tip and base
+    return (w / w.mean()).to(device)
+
+
+@dataclass
+class LossWeights:
+    photometric: float = 1.0
+    landmark: float = 20.0  # on squared distances in units of the image width
+    identity_reg: float = 1e-3
+    albedo_reg: float = 1e-3
+    expression_reg: float = 1e-3
+
+
+class FaceLoss(torch.nn.Module):
+    """Render parameters and compare with generator images and their landmarks.
+
+    Keyword args:
+      renderer: FaceRenderer at the images' resolution.
+      weights: LossWeights.
+      region: the rendered region that the photometric term compares (the model's face skin by default:
+        hair, background and shoulders are not part of the face model).
+    """
+
+    def __init__(self, renderer: FaceRenderer, weights: LossWeights | None = None, *, region: str = "face_skin"):
+        super().__init__()
+        self.renderer, self.weights, self.region = renderer, weights or LossWeights(), region
+        self.register_buffer("lm_weights", landmark_weights())
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.renderer.layout
+
+    def data_terms(self, params: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor,
+                   *, photometric: bool = True) -> dict[str, torch.Tensor]:
+        """Photometric and landmark terms of params (B, D) against images (B, 3, H, W) and landmarks (B, 68, 2)."""
+        size = self.renderer.image_size
+        assert images.shape[1:] == (3, size, size), f"images must be (B, 3, {size}, {size}), got {tuple(images.shape)}"
+        assert landmarks.shape[1:] == (68, 2), f"landmarks must be (B, 68, 2), got {tuple(landmarks.shape)}"
+        terms = {}
+        if photometric:
+            out = self.renderer(params)
+            mask = out.regions[self.region] if self.region in out.regions else out.mask
+            diff = (to_generator_space(out.image) - images) * mask
+            per_pixel = (diff.square().sum(1) + 1e-8).sqrt()  # l2 norm over RGB, robust like the paper's
+            terms["photometric"] = per_pixel.sum((1, 2)) / mask.sum((1, 2, 3)).clamp_min(1.0)
+            predicted = out.landmarks
+        else:
+            predicted = self.renderer.landmarks(params)
+        d2 = ((predicted - landmarks) / size).square().sum(-1)  # (B, 68)
+        terms["landmark"] = (d2 * self.lm_weights).mean(-1)
+        return terms
+
+    def regulariser(self, params: torch.Tensor) -> torch.Tensor:
+        z = self.layout.normalise(params)
+        w = self.weights
+        return sum(weight * z[:, self.layout.slice(block)].square().sum(-1)
+                   for block, weight in (("identity", w.identity_reg), ("albedo", w.albedo_reg),
+                                         ("expression", w.expression_reg)))
+
+    def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) weighted sum of photometric and landmark terms."""
+        total = self.weights.landmark * terms["landmark"]
+        if "photometric" in terms:
+            total = total + self.weights.photometric * terms["photometric"]
+        return total
+
+
+def dfr_loss(loss: FaceLoss, params: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """DFR's self-supervised loss: render F(w), compare with I_w and its landmarks, regularise."""
+    terms = loss.data_terms(params, images, landmarks)
+    reg = loss.regulariser(params)
+    total = (loss.weighted(terms) + reg).mean()
+    return total, {"loss": total.item(), **{k: v.mean().item() for k, v in terms.items()}, "reg": reg.mean().item()}
+
+
+@dataclass
+class RigNetLossWeights:
+    reconstruction: float = 1.0
+    edit: float = 1.0
+    consistency: float = 1.0
+
+
+def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor, image_w: torch.Tensor,
+                image_v: torch.Tensor, landmarks_w: torch.Tensor, landmarks_v: torch.Tensor,
+                weights: RigNetLossWeights | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """RigNet's three losses (StyleRig, Sec. 5):
+      L_rec     = || RigNet(w, F(w)) - w ||²
+      L_edit    : ŵ = RigNet(w, F(v)); p_edit = F(v) with the controlled blocks from F(ŵ); render vs I_v
+      L_consist : p_consist = F(w) with every non-controlled block from F(ŵ); render vs I_w
+    DFR is frozen (its parameters get no gradient) but differentiable, so gradients reach RigNet through it.
+    """
+    weights = weights or RigNetLossWeights()
+    layout = loss.layout
+    blocks = CONTROL_MODES[rignet.mode]
+    p_w, p_v = dfr(w), dfr(v)
+    rec = (rignet(w, p_w.detach()) - w).square().sum((1, 2)) / (rignet.normaliser.w_std.square().sum() * len(rignet.layers))
+    w_hat = rignet(w, p_v.detach())
+    p_hat = dfr(w_hat)
+    p_edit = layout.replace(p_v.detach(), p_hat, blocks)
+    p_consist = layout.replace(p_hat, p_w.detach(), blocks)
+    edit_terms = loss.data_terms(p_edit, image_v, landmarks_v)
+    consist_terms = loss.data_terms(p_consist, image_w, landmarks_w)
+    total = (weights.reconstruction * rec + weights.edit * loss.weighted(edit_terms)
+             + weights.consistency * loss.weighted(consist_terms)).mean()
+    stats = {"loss": total.item(), "rec": rec.mean().item(),
+             **{f"edit_{k}": t.mean().item() for k, t in edit_terms.items()},
+             **{f"consist_{k}": t.mean().item() for k, t in consist_terms.items()}}
+    return total, stats

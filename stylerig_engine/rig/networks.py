@@ -1,0 +1,151 @@
+"""DFR (latent -> face parameters) and RigNet (latent + target parameters -> edited latent).
+
+Shapes are asserted at module boundaries: ws is (B, num_ws, w_dim), parameters are (B, D) in a ParamLayout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..params import CONTROL_MODES, ParamLayout
+
+# Which W+ layers each control mode may change, for a 14-layer W+ (256² StyleGAN2): coarse layers carry
+# pose, middle layers expression, fine layers colour and light. Scaled for other W+ sizes by default_layers.
+DEFAULT_MODE_LAYERS_14: dict[str, tuple[int, ...]] = {
+    "pose": (0, 1, 2, 3, 4),
+    "expression": (3, 4, 5, 6, 7, 8),
+    "illumination": (7, 8, 9, 10, 11, 12, 13),
+    "identity": (0, 1, 2, 3, 4, 5),
+    "albedo": (6, 7, 8, 9, 10, 11, 12, 13),
+}
+
+
+def default_layers(mode: str, num_ws: int) -> tuple[int, ...]:
+    """The mode's default W+ layers, stretched to a W+ of num_ws layers (same coarse/middle/fine split)."""
+    if mode not in DEFAULT_MODE_LAYERS_14:
+        raise ValueError(f"unknown control mode {mode!r}; modes are {sorted(DEFAULT_MODE_LAYERS_14)}")
+    return tuple(sorted({min(num_ws - 1, round(i * (num_ws - 1) / 13)) for i in DEFAULT_MODE_LAYERS_14[mode]}))
+
+
+class LatentNormaliser(nn.Module):
+    """(ws - w_avg) / w_std with statistics measured on the corpus, stored with the network."""
+
+    def __init__(self, w_dim: int):
+        super().__init__()
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.register_buffer("w_std", torch.ones(w_dim))
+
+    def set_statistics(self, ws: torch.Tensor) -> None:
+        flat = ws.reshape(-1, ws.shape[-1]).float()
+        self.w_avg.copy_(flat.mean(0))
+        self.w_std.copy_(flat.std(0).clamp_min(1e-6))
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        return (ws - self.w_avg) / self.w_std
+
+
+class DFR(nn.Module):
+    """Differentiable face reconstruction F: W+ -> p, a 3-layer ELU MLP on the flattened latent.
+
+    Keyword args:
+      layout: the parameter layout it predicts.
+      num_ws: W+ layers.
+      w_dim: latent width.
+      hidden: width of the two hidden layers.
+    The output layer predicts p in units of the prior (p = mean + std * y), so every entry starts at its
+    prior mean and has the same scale.
+    """
+
+    def __init__(self, layout: ParamLayout, *, num_ws: int, w_dim: int, hidden: int = 256):
+        super().__init__()
+        self.layout, self.num_ws, self.w_dim = layout, num_ws, w_dim
+        self.normaliser = LatentNormaliser(w_dim)
+        self.net = nn.Sequential(nn.Linear(num_ws * w_dim, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                                 nn.Linear(hidden, layout.dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.register_buffer("prior_mean", torch.as_tensor(layout.prior_mean, dtype=torch.float32))
+        self.register_buffer("prior_std", torch.as_tensor(layout.prior_std, dtype=torch.float32))
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
+            f"ws must be (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
+        y = self.net(self.normaliser(ws).flatten(1))
+        return self.prior_mean + self.prior_std * y
+
+
+class PerLayerLinear(nn.Module):
+    """L independent linear maps applied to (B, L, in) -> (B, L, out) in one batched matmul."""
+
+    def __init__(self, layers: int, in_features: int, out_features: int, *, zero: bool = False):
+        super().__init__()
+        bound = in_features ** -0.5
+        w = torch.zeros(layers, in_features, out_features) if zero else \
+            torch.empty(layers, in_features, out_features).uniform_(-bound, bound)
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(torch.zeros(layers, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bli,lio->blo", x, self.weight) + self.bias
+
+
+class RigNet(nn.Module):
+    """RigNet for one control mode: ŵ = w + d, with d nonzero only on the mode's W+ layers.
+
+    Per controlled layer i: encoder l_i = E_i w_i (512 -> latent_dim, linear), decoder
+    d_i = D_i([l_i, p]) (a 2-layer ELU MLP), where p is the target's controlled block, normalised by the prior.
+
+    Keyword args:
+      mode: control mode, a key of params.CONTROL_MODES.
+      layout: the parameter layout (names the controlled blocks and their priors).
+      num_ws: W+ layers.
+      w_dim: latent width.
+      layers: the W+ layers this mode may change (default: default_layers(mode, num_ws)).
+      latent_dim: encoder output width (32 in the paper).
+      hidden: decoder hidden width.
+    """
+
+    def __init__(self, mode: str, layout: ParamLayout, *, num_ws: int, w_dim: int,
+                 layers: tuple[int, ...] | None = None, latent_dim: int = 32, hidden: int = 256):
+        super().__init__()
+        if mode not in CONTROL_MODES:
+            raise ValueError(f"unknown control mode {mode!r}; modes are {sorted(CONTROL_MODES)}")
+        self.mode, self.layout, self.num_ws, self.w_dim = mode, layout, num_ws, w_dim
+        self.layers = tuple(layers) if layers is not None else default_layers(mode, num_ws)
+        if not self.layers or min(self.layers) < 0 or max(self.layers) >= num_ws:
+            raise ValueError(f"layers {self.layers} must be non-empty and within 0..{num_ws - 1}")
+        self.blocks = CONTROL_MODES[mode]
+        self.register_buffer("block_index", torch.as_tensor(
+            [i for b in self.blocks for i in range(layout.slice(b).start, layout.slice(b).stop)]))
+        self.register_buffer("layer_index", torch.as_tensor(self.layers))
+        n = len(self.layers)
+        p_dim = int(self.block_index.numel())
+        self.normaliser = LatentNormaliser(w_dim)
+        self.encoder = PerLayerLinear(n, w_dim, latent_dim)
+        self.decoder_hidden = PerLayerLinear(n, latent_dim + p_dim, hidden)
+        self.decoder_out = PerLayerLinear(n, hidden, w_dim, zero=True)  # starts as the identity edit
+        self.register_buffer("prior_mean", torch.as_tensor(layout.prior_mean, dtype=torch.float32))
+        self.register_buffer("prior_std", torch.as_tensor(layout.prior_std, dtype=torch.float32))
+
+    def target(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, D) parameters -> (B, p_dim) the controlled block, normalised by the prior."""
+        p = (params - self.prior_mean) / self.prior_std
+        return p.index_select(1, self.block_index)
+
+    def offsets(self, ws: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """(B, num_ws, w_dim), (B, D) -> d (B, num_ws, w_dim), zero outside self.layers."""
+        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
+            f"ws must be (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
+        self.layout.check(params)
+        x = self.normaliser(ws).index_select(1, self.layer_index)  # (B, n, w_dim)
+        code = self.encoder(x)
+        target = self.target(params)[:, None, :].expand(-1, code.shape[1], -1)
+        h = nn.functional.elu(self.decoder_hidden(torch.cat([code, target], -1)))
+        d_layers = self.decoder_out(h) * self.normaliser.w_std  # back to latent units
+        d = torch.zeros_like(ws)
+        return d.index_copy(1, self.layer_index, d_layers)
+
+    def forward(self, ws: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """ŵ = w + d for target parameters `params` (only the mode's blocks are read)."""
+        return ws + self.offsets(ws, params)

@@ -1,0 +1,274 @@
+"""Training of DFR and RigNets on a corpus: deterministic, resumable, data-parallel through torchrun.
+
+A run directory holds:
+  config.json                the TrainConfig of the run
+  <name>.safetensors         the network (name = "dfr" or "rignet-<mode>"), rewritten atomically
+  <name>.state.safetensors   optimizer state, step and RNG state for --resume
+  log.jsonl                  one line of losses per logged step
+Data-parallel training (torchrun, gloo on CPU / nccl on CUDA) splits every global batch across ranks and
+averages gradients, so N processes follow the same trajectory as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+from tqdm import tqdm
+
+from ..corpus import Corpus, epoch_order
+from ..fileio import atomic_write
+from ..params import PAPER_MODES, layout_for_model
+from ..render.face import FaceRenderer
+from .checkpoints import load_network, save_network
+from .losses import FaceLoss, LossWeights, RigNetLossWeights, dfr_loss, region_model, rignet_loss
+from .networks import DFR, RigNet
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Keyword args:
+      net: "dfr" or "rignet".
+      corpus: corpus directory (stylerig corpus).
+      out: run directory.
+      mode: control mode of a RigNet (pose, expression, illumination, identity, albedo).
+      layers: W+ layers the RigNet may change (default per mode, networks.DEFAULT_MODE_LAYERS_14).
+      dfr: DFR checkpoint a RigNet is trained against (frozen).
+      steps: optimisation steps.
+      batch: global batch size (split across ranks).
+      lr: Adam learning rate.
+      seed: makes the run deterministic (initialisation and data order).
+      hidden: hidden width of the network.
+      model: morphable model name or .npz path (default: the default ICT model).
+      loss: LossWeights fields.
+      rignet_loss: RigNetLossWeights fields.
+      checkpoint_every: steps between checkpoints.
+      log_every: steps between log lines.
+      tensorboard: also write TensorBoard logs to <out>/tb (needs the tensorboard extra).
+      device: "cpu", "cuda" or "cuda:N" (under torchrun, cuda uses the local rank's GPU).
+    """
+
+    net: str
+    corpus: str
+    out: str
+    mode: str | None = None
+    layers: list[int] | None = None
+    dfr: str | None = None
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    hidden: int = 256
+    model: str | None = None
+    loss: dict = field(default_factory=lambda: asdict(LossWeights()))
+    rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
+    checkpoint_every: int = 200
+    log_every: int = 10
+    tensorboard: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.net not in ("dfr", "rignet"):
+            raise ValueError(f"net must be 'dfr' or 'rignet', got {self.net!r}")
+        if self.net == "rignet" and (self.mode is None or self.dfr is None):
+            raise ValueError("a RigNet run needs --mode and --dfr (a trained DFR checkpoint)")
+        if self.steps < 1 or self.batch < 2 or self.lr <= 0:
+            raise ValueError("steps must be >= 1, batch >= 2 and lr > 0")
+
+    @property
+    def name(self) -> str:
+        return "dfr" if self.net == "dfr" else f"rignet-{self.mode}"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_write(path, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+
+
+# ---- distributed helpers -------------------------------------------------------------------------------
+def _dist():
+    d = torch.distributed
+    return d if d.is_available() and d.is_initialized() else None
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """Initialise torch.distributed when launched by torchrun; returns (rank, world_size, device)."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and _dist() is None:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    d = _dist()
+    rank, world = (d.get_rank(), d.get_world_size()) if d else (0, 1)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return rank, world, device
+
+
+def _average_gradients(params) -> None:
+    d = _dist()
+    if d is None:
+        return
+    world = d.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            d.all_reduce(p.grad)
+            p.grad /= world
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+def batch_indices(corpus: Corpus, seed: int, step: int, batch: int) -> np.ndarray:
+    """The global batch of `step`: consecutive slices of the seeded per-epoch order (last partial batch dropped)."""
+    per_epoch = len(corpus) // batch
+    if per_epoch == 0:
+        raise ValueError(f"the corpus has {len(corpus)} samples, fewer than one batch of {batch}")
+    epoch, k = divmod(step, per_epoch)
+    return epoch_order(corpus, seed, epoch)[k * batch:(k + 1) * batch]
+
+
+def load_batch(corpus: Corpus, indices: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    samples = [corpus.sample(int(i)) for i in indices]
+    ws = torch.stack([s.ws for s in samples]).to(device)
+    images = torch.stack([s.image for s in samples]).to(device)
+    landmarks = torch.stack([s.landmarks for s in samples]).to(device)
+    if torch.isnan(landmarks).any():
+        raise ValueError("the corpus has no landmarks; build it with --landmarks exact or fan")
+    return ws, images, landmarks
+
+
+def latent_statistics(corpus: Corpus, count: int = 1000) -> torch.Tensor:
+    """W+ of the corpus's first `count` samples, for the networks' input normalisation."""
+    return torch.stack([corpus.sample(i).ws for i in range(min(count, len(corpus)))])
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+def _load_model(name: str | None):
+    from ..facemodel import load_default_model, load_model
+
+    return load_default_model() if name is None else load_model(name)
+
+
+def _save_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    tensors = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
+    for i, state in optimizer.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().cpu().clone()
+    with atomic_write(path) as f:
+        f.write(save(tensors))
+
+
+def _load_state(path: Path, optimizer: torch.optim.Optimizer) -> int:
+    tensors = load_file(str(path))
+    sd = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng"])
+    return int(tensors["step"])
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train one network; returns the checkpoint path. Call under torchrun for data parallelism."""
+    rank, world, device = init_distributed(cfg.device)
+    if cfg.batch % world:
+        raise ValueError(f"batch {cfg.batch} is not divisible by the {world} processes")
+    out = Path(cfg.out)
+    ckpt, state_path, config_path = out / f"{cfg.name}.safetensors", out / f"{cfg.name}.state.safetensors", \
+        out / f"{cfg.name}.config.json"
+    if resume and config_path.exists():
+        old = TrainConfig.load(config_path)
+        if {**asdict(old), "steps": 0} != {**asdict(cfg), "steps": 0}:
+            raise ValueError(f"{config_path}: --resume with a different configuration; use a new --out")
+    elif not resume and ckpt.exists():
+        raise FileExistsError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
+    torch.manual_seed(cfg.seed)
+    corpus = Corpus(cfg.corpus)
+    model = _load_model(cfg.model)
+    layout = layout_for_model(model)
+    generator_info = corpus.generator
+    num_ws, w_dim = int(generator_info["num_ws"]), int(generator_info["w_dim"])
+    renderer = FaceRenderer(region_model(model), layout, image_size=corpus.resolution, device=device)
+    loss = FaceLoss(renderer, LossWeights(**cfg.loss)).to(device)
+    if cfg.net == "dfr":
+        net: DFR | RigNet = DFR(layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden)
+        dfr = None
+    else:
+        net = RigNet(cfg.mode, layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden,
+                     layers=tuple(cfg.layers) if cfg.layers else None)
+        dfr = load_network(cfg.dfr, device)
+        if not isinstance(dfr, DFR):
+            raise ValueError(f"{cfg.dfr} is not a DFR checkpoint")
+        dfr.requires_grad_(False)
+    net.normaliser.set_statistics(latent_statistics(corpus))
+    net = net.to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    step = 0
+    if resume and ckpt.exists() and state_path.exists():
+        net.load_state_dict(load_network(ckpt, device).state_dict())
+        step = _load_state(state_path, optimizer)
+    if rank == 0:
+        cfg.save(config_path)
+    writer = None
+    if cfg.tensorboard and rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RuntimeError("TensorBoard logs need the tensorboard extra: pip install 'stylerig[tensorboard]'") from e
+        writer = SummaryWriter(str(out / "tb"))
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not progress or rank != 0, unit="step")
+    log = open(out / f"{cfg.name}.log.jsonl", "a") if rank == 0 else None
+    t0, samples = time.perf_counter(), 0
+    try:
+        while step < cfg.steps:
+            idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
+            ws, images, landmarks = load_batch(corpus, idx, device)
+            if dfr is None:
+                total, stats = dfr_loss(loss, net(ws), images, landmarks)
+            else:  # each latent is edited towards the next one in the batch
+                total, stats = rignet_loss(loss, dfr, net, w=ws, v=ws.roll(1, 0), image_w=images,
+                                           image_v=images.roll(1, 0), landmarks_w=landmarks,
+                                           landmarks_v=landmarks.roll(1, 0),
+                                           weights=RigNetLossWeights(**cfg.rignet_loss))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            _average_gradients(net.parameters())
+            optimizer.step()
+            step += 1
+            samples += cfg.batch
+            if rank == 0:
+                rate = samples / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", samples_s=f"{rate:.1f}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    log.write(json.dumps({"step": step, **stats, "samples_per_s": rate}) + "\n")
+                    log.flush()
+                    if writer:
+                        for k, v in stats.items():
+                            writer.add_scalar(f"{cfg.name}/{k}", v, step)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save_network(net, ckpt, extra=dict(step=step, corpus=str(cfg.corpus)))
+                    _save_state(state_path, optimizer, step)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+        if writer:
+            writer.close()
+    d = _dist()
+    if d is not None:
+        d.barrier()
+    return ckpt
+
+
+MODES_TO_TRAIN = PAPER_MODES
