@@ -164,6 +164,8 @@ def child(args) -> int:
     from stylerig_server.worker import WorkerConfig
 
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     engine = build(args.generator, args.size, args.max_batch, args.device)
     ws = engine.map_seeds([0], 0.7)
     times = []
@@ -199,7 +201,14 @@ def child(args) -> int:
     return 0
 
 
-def spawn(generator: str, size: int, max_batch: int = 8, device: str = "cpu", gen_seconds: float = 3.0):
+def spawn(
+    generator: str,
+    size: int,
+    max_batch: int = 8,
+    device: str = "cpu",
+    gen_seconds: float = 3.0,
+    threads: int = 0,
+):
     """Start a child server; returns (process, listen info incl. generator timing, token)."""
     import secrets
 
@@ -222,6 +231,8 @@ def spawn(generator: str, size: int, max_batch: int = 8, device: str = "cpu", ge
             str(gen_seconds),
             "--token",
             token,
+            "--threads",
+            str(threads),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -303,7 +314,9 @@ def run(args) -> list[dict]:
 
     results = []
     for size in args.sizes:
-        proc, info, token = spawn(args.generator, size, args.max_batch, args.device, args.gen_seconds)
+        proc, info, token = spawn(
+            args.generator, size, args.max_batch, args.device, args.gen_seconds, args.threads
+        )
         client = None
         try:
             client = Client.connect(("127.0.0.1", info["port"]), token=token, timeout=300)
@@ -359,6 +372,7 @@ def main(argv=None) -> int:
     c.add_argument("--device", default="cpu")
     c.add_argument("--gen-seconds", type=float, default=3.0)
     c.add_argument("--token", required=True)
+    c.add_argument("--threads", type=int, default=0)
     p.add_argument(
         "--generator",
         default=None,
@@ -371,6 +385,7 @@ def main(argv=None) -> int:
     p.add_argument("--gen-seconds", type=float, default=3.0)
     p.add_argument("--batch-frames", type=int, default=16)
     p.add_argument("--format", default="rgba8", choices=["rgba8", "float16", "jpeg"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the server (default: torch's)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.mode == "child":

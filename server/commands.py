@@ -54,6 +54,7 @@ def register(subparsers) -> None:
         help="where to write this run's token (0600; default: in the private runtime directory)",
     )
     p.add_argument("--max-batch", type=int, default=8, help="most images per generator call (default 8)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-connections", type=int, default=64)
     p.add_argument("--max-payload-mb", type=int, default=256, help="largest request payload accepted (MiB)")
     p.add_argument("--verbose", "-v", action="store_true")
@@ -76,6 +77,8 @@ def run_serve(args) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)

@@ -16,16 +16,24 @@ from tqdm import tqdm
 CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, permissions: int | None = None) -> Iterator[IO]:
     """Write to a temporary file beside `path` and rename it into place only on success.
 
-    Readers never see a partial file and a crash never corrupts an existing one.
+    Readers never see a partial file and a crash never corrupts an existing one. The file gets
+    `permissions` (default: 0o666 minus the umask, like a plain open()).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, permissions if permissions is not None else 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -9,11 +9,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from test_stylegan2_loaders import tiny_generator
 
 from stylerig_engine.cli import build_parser, main
 from stylerig_engine.stylegan2.commands import parse_seeds, seed_to_z
 from stylerig_engine.stylegan2.weights import save_generator
-from test_stylegan2_loaders import tiny_generator
 
 
 def test_seed_syntax_is_nvidias():

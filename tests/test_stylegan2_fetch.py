@@ -12,16 +12,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from test_stylegan2_loaders import FakeNvidiaModules, same_outputs, tiny_generator, write_nvidia_pickle
 
 from stylerig_engine.cli import main
 from stylerig_engine.stylegan2 import weights as wmod
-from test_stylegan2_loaders import FakeNvidiaModules, same_outputs, tiny_generator, write_nvidia_pickle
 
 FILENAME = "stylegan2-ffhq-256x256.pkl"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server naming)
+    def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
         data = server.files.get(self.path)

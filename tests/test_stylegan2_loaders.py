@@ -33,10 +33,10 @@ FIXTURE = SHARED / "fixtures" / "stylegan2" / "sg3_r64_ref.npz"
 
 def tiny_generator(seed: int = 0, res: int = 16, z_dim: int = 32, **synthesis_kwargs) -> Generator:
     torch.manual_seed(seed)
-    kw = dict(channel_base=256, channel_max=32)
+    kw = {"channel_base": 256, "channel_max": 32}
     kw.update(synthesis_kwargs)
     G = Generator(z_dim=z_dim, w_dim=z_dim, img_resolution=res, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=kw)
+                  mapping_kwargs={"num_layers": 2}, synthesis_kwargs=kw)
     with torch.no_grad():
         for name, p in G.named_parameters():
             if name.endswith("noise_strength") or (name.endswith("bias") and "affine" not in name):
@@ -96,8 +96,8 @@ class Persistent:
         self.fake, self.class_name, self.state, self.module_src = fake, class_name, state, module_src
 
     def __reduce__(self):
-        meta = dict(type="class", version=6, module_src=self.module_src, class_name=self.class_name,
-                    state=self.state)
+        meta = {"type": "class", "version": 6, "module_src": self.module_src, "class_name": self.class_name,
+                    "state": self.state}
         return (self.fake.reconstruct, (meta,))
 
 
@@ -138,8 +138,8 @@ def write_nvidia_pickle(path: Path, fake, G: Generator, layout: str = "ada", pro
     disc = Persistent(fake, "Discriminator", {"_parameters": collections.OrderedDict(w=torch.nn.Parameter(
         torch.randn(3, 3))), "_buffers": collections.OrderedDict(), "_modules": collections.OrderedDict()},
         module_src)
-    data = dict(G=g_ema, D=disc, G_ema=g_ema, augment_pipe=None,
-                training_set_kwargs=fake.EasyDict(path="ffhq.zip", resolution=G.img_resolution, xflip=True))
+    data = {"G": g_ema, "D": disc, "G_ema": g_ema, "augment_pipe": None,
+                "training_set_kwargs": fake.EasyDict(path="ffhq.zip", resolution=G.img_resolution, xflip=True)}
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=protocol)
     return path
@@ -160,8 +160,8 @@ def test_nvidia_pickle_roundtrip(tmp_path, fake, layout, protocol):
     G = tiny_generator(num_fp16_res=2, conv_clamp=256)
     path = write_nvidia_pickle(tmp_path / "net.pkl", fake, G, layout=layout, protocol=protocol)
     loaded = load_nvidia_pickle(path)
-    assert loaded.config["synthesis_kwargs"] == dict(channel_base=256, channel_max=32, num_fp16_res=2,
-                                                     conv_clamp=256.0)
+    assert loaded.config["synthesis_kwargs"] == {"channel_base": 256, "channel_max": 32, "num_fp16_res": 2,
+                                                     "conv_clamp": 256.0}
     assert loaded.config["mapping_kwargs"]["num_layers"] == 2
     assert same_outputs(G, loaded)  # identical tensors, identical function
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
@@ -210,11 +210,11 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, fake, name):
     tree = persistent_tree(fake, G, "")
     tree.state["_modules"]["mapping"].state["evil"] = payload
     nested = tmp_path / "nested.pkl"
-    nested.write_bytes(pickle.dumps(dict(G_ema=tree)))
+    nested.write_bytes(pickle.dumps({"G_ema": tree}))
     for path in (top, nested):
         with pytest.raises(UnsafePickleError, match="refusing") as info:
             load_nvidia_pickle(path)
-        module, _, attr = name.rpartition(".")
+        attr = name.rpartition(".")[2]
         assert attr in str(info.value)
         with pytest.raises(UnsafePickleError):
             wmod.load_generator(path)
@@ -287,7 +287,7 @@ def test_tensorflow_and_stylegan3_pickles_are_rejected_clearly(tmp_path, fake, m
     tree = persistent_tree(fake, tiny_generator(), "")
     tree.state["_modules"]["synthesis"].state["_modules"] = collections.OrderedDict(
         input=Persistent(fake, "SynthesisInput", {}, ""), L0_36_512=Persistent(fake, "SynthesisLayer", {}, ""))
-    path.write_bytes(pickle.dumps(dict(G_ema=tree)))
+    path.write_bytes(pickle.dumps({"G_ema": tree}))
     with pytest.raises(UnsupportedNetworkError, match="StyleGAN3"):
         load_nvidia_pickle(path)
 
@@ -396,8 +396,8 @@ def test_rosinality_checkpoint_matches_nvidia_fixture(tmp_path):
     if not FIXTURE.exists():
         pytest.skip("fixture not available")
     ref = np.load(FIXTURE)
-    G = Generator(z_dim=256, w_dim=256, img_resolution=64, mapping_kwargs=dict(num_layers=8),
-                  synthesis_kwargs=dict(channel_base=4096, channel_max=128))
+    G = Generator(z_dim=256, w_dim=256, img_resolution=64, mapping_kwargs={"num_layers": 8},
+                  synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
     G.load_state_dict({k[6:]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("param/")})
     ckpt = {"g_ema": to_rosinality(G), "latent_avg": G.mapping.w_avg.clone()[None],
             "args": __import__("argparse").Namespace(size=64, channel_multiplier=2)}

@@ -19,9 +19,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def tiny_generator(seed: int = 0, res: int = 16, **synthesis_kwargs) -> Generator:
     torch.manual_seed(seed)
-    kw = dict(channel_base=256, channel_max=32)
+    kw = {"channel_base": 256, "channel_max": 32}
     kw.update(synthesis_kwargs)
-    G = Generator(z_dim=32, w_dim=32, img_resolution=res, img_channels=3, mapping_kwargs=dict(num_layers=2),
+    G = Generator(z_dim=32, w_dim=32, img_resolution=res, img_channels=3, mapping_kwargs={"num_layers": 2},
                   synthesis_kwargs=kw)
     with torch.no_grad():  # non-zero noise strengths, biases, w_avg so that every term matters
         for name, p in G.named_parameters():
@@ -41,8 +41,8 @@ def ref():
 @pytest.fixture(scope="module")
 def fixture_generator(ref):
     G = Generator(z_dim=int(ref["z_dim"]), c_dim=0, w_dim=int(ref["w_dim"]), img_resolution=int(ref["res"]),
-                  img_channels=int(ref["img_channels"]), mapping_kwargs=dict(num_layers=int(ref["mapping_layers"])),
-                  synthesis_kwargs=dict(channel_base=int(ref["channel_base"]), channel_max=int(ref["channel_max"])))
+                  img_channels=int(ref["img_channels"]), mapping_kwargs={"num_layers": int(ref["mapping_layers"])},
+                  synthesis_kwargs={"channel_base": int(ref["channel_base"]), "channel_max": int(ref["channel_max"])})
     state = {k[len("param/"):]: torch.from_numpy(v) for k, v in ref.items() if k.startswith("param/")}
     result = G.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys

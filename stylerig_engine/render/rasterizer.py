@@ -125,17 +125,29 @@ def interpolate(values: torch.Tensor, fragments: Fragments) -> torch.Tensor:
 _INDEX_CACHE: dict = {}
 
 
-def _corner_index(faces: torch.Tensor, bsz: int, nv: int) -> torch.Tensor:
-    """(3 B T,) flat vertex index b * V + faces[t, k] at position (k * B + b) * T + t. Cached: a mesh's
-    faces rarely change, and this index is as big as the mesh times the batch."""
-    key = (faces.data_ptr(), faces._version, tuple(faces.shape), faces.device, bsz, nv)
-    idx = _INDEX_CACHE.get(key)
+def _corner_index(faces: torch.Tensor, bsz: int, nv: int, *, coords: bool = False) -> torch.Tensor:
+    """Flat vertex indices of every triangle corner, cached (a mesh's faces rarely change, and this index
+    is as big as the mesh times the batch).
+
+    coords=False: (3 B T,) with b * V + faces[t, k] at position (k * B + b) * T + t, for gathering from a
+      (C, B V) planar array.
+    coords=True: (3, 3, B T), [k, c] = c * B V + b * V + faces[t, k], for gathering from a flat (3 B V,)
+      planar array (coordinate c of corner k).
+    """
+    # The entry keeps `faces` alive, so its id and address cannot be reused by another tensor meanwhile.
+    key = (id(faces), faces.data_ptr(), faces._version, tuple(faces.shape), faces.device, bsz, nv, coords)
+    entry = _INDEX_CACHE.get(key)
+    idx = entry[1] if entry is not None and entry[0] is faces else None
     if idx is None:
-        f = faces.long().t()  # (3, T)
-        idx = (f[:, None, :] + torch.arange(bsz, device=faces.device)[None, :, None] * nv).reshape(-1)
-        if len(_INDEX_CACHE) >= 8:
+        if coords:
+            per = _corner_index(faces, bsz, nv).view(3, 1, -1)
+            idx = (per + torch.arange(3, device=faces.device).view(1, 3, 1) * (bsz * nv)).contiguous()
+        else:
+            f = faces.long().t()  # (3, T)
+            idx = (f[:, None, :] + torch.arange(bsz, device=faces.device)[None, :, None] * nv).reshape(-1)
+        while len(_INDEX_CACHE) >= 6:
             _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
-        _INDEX_CACHE[key] = idx
+        _INDEX_CACHE[key] = (faces, idx)
     return idx
 
 

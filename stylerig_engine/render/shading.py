@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .rasterizer import Fragments, interpolate
+from .rasterizer import Fragments, _corner_index, interpolate
 
 C1 = 2.0 / math.sqrt(3.0)
 C2 = math.sqrt(15.0) / 4.0
@@ -48,16 +48,20 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     if verts.ndim != 3 or verts.shape[-1] != 3:
         raise ValueError(f"verts must be (B, V, 3), got {tuple(verts.shape)}")
     bsz, nv, _ = verts.shape
-    f = faces.long()
-    flat = verts.reshape(bsz * nv, 3)
-    offs = (torch.arange(bsz, device=verts.device) * nv)[:, None]
-    idx = [(f[:, k][None] + offs).reshape(-1) for k in range(3)]
-    v0, v1, v2 = (flat.index_select(0, i) for i in idx)
-    fn = torch.linalg.cross(v1 - v0, v2 - v0)  # (B T, 3), length = 2 * area
+    idx = _corner_index(faces, bsz, nv, coords=True)  # (corner, coordinate, B T)
+    # Planar (coordinate-major) layout: contiguous 1-D gathers and scatters, and a cross product written
+    # out per component (torch.linalg.cross on (..., 3) rows is several times slower on CPU).
+    flat = verts.permute(2, 0, 1).reshape(-1)
+    g0, g1, g2 = flat.index_select(0, idx.view(-1)).view(3, 3, -1).unbind(0)
+    ax, ay, az = (g1 - g0).unbind(0)
+    bx, by, bz = (g2 - g0).unbind(0)
+    fn = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx]).view(-1)  # 2 * area * normal
     n = torch.zeros_like(flat)
-    for i in idx:
-        n = n.index_add(0, i, fn)
-    return torch.nn.functional.normalize(n, dim=-1, eps=1e-12).view(bsz, nv, 3)
+    for k in range(3):
+        n.index_add_(0, idx[k].view(-1), fn)
+    n = n.view(3, bsz, nv)
+    n = n / n.square().sum(0).sqrt().clamp(min=1e-12)
+    return n.permute(1, 2, 0)
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         out / f"{cfg.name}.config.json"
     if resume and config_path.exists():
         old = TrainConfig.load(config_path)
-        if {**asdict(old), "steps": 0} != {**asdict(cfg), "steps": 0}:
+        bookkeeping = dict(steps=0, checkpoint_every=0, log_every=0, tensorboard=False)  # may change on resume
+        if {**asdict(old), **bookkeeping} != {**asdict(cfg), **bookkeeping}:
             raise ValueError(f"{config_path}: --resume with a different configuration; use a new --out")
     elif not resume and ckpt.exists():
         raise FileExistsError(f"{ckpt} exists; pass --resume to continue it or choose another --out")

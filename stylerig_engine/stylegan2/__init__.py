@@ -26,7 +26,22 @@ _EXPORTS = {
     "InferenceOptions": "inference",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "GENERATOR_FACTORIES",
+    "PRETRAINED",
+    "FastGenerator",
+    "Generator",
+    "InferenceOptions",
+    "MappingNetwork",
+    "SynthesisNetwork",
+    "UnsafePickleError",
+    "config_f",
+    "fetch",
+    "load_generator",
+    "load_nvidia_pickle",
+    "load_rosinality",
+    "save_generator",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -181,9 +181,11 @@ def _cmd_generate(args) -> int:
                 with fileio.atomic_write(args.out / f"seed{seed:04d}.npy") as f:
                     np.save(f, ws[i].to(torch.float32).cpu().numpy())
                 print(f"seed {seed}: {args.out / f'seed{seed:04d}.png'}")
-    info = dict(generator=str(args.generator), seeds=seeds, psi=args.psi, cutoff=args.cutoff,
-                noise_mode=args.noise_mode, num_ws=G.num_ws, w_dim=G.w_dim, img_resolution=G.img_resolution,
-                latents="seedNNNN.npy: W+ float32 [num_ws, w_dim], after truncation")
+    info = {
+        "generator": str(args.generator), "seeds": seeds, "psi": args.psi, "cutoff": args.cutoff,
+        "noise_mode": args.noise_mode, "num_ws": G.num_ws, "w_dim": G.w_dim, "img_resolution": G.img_resolution,
+        "latents": "seedNNNN.npy: W+ float32 [num_ws, w_dim], after truncation",
+    }
     with fileio.atomic_write(args.out / "generate.json", "w") as f:
         json.dump(info, f, indent=2)
     return 0

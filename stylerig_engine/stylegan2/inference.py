@@ -21,8 +21,9 @@ Each option is independent, off by default, and measured by ``benchmarks/generat
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -729,9 +730,10 @@ class Generator(torch.nn.Module):
         self.w_dim = w_dim
         self.img_resolution = img_resolution
         self.img_channels = img_channels
-        self._config = copy.deepcopy(dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                                          img_channels=img_channels, mapping_kwargs=mapping_kwargs,
-                                          synthesis_kwargs=synthesis_kwargs))
+        self._config = copy.deepcopy({
+            "z_dim": z_dim, "c_dim": c_dim, "w_dim": w_dim, "img_resolution": img_resolution,
+            "img_channels": img_channels, "mapping_kwargs": mapping_kwargs, "synthesis_kwargs": synthesis_kwargs,
+        })
         self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
                                           **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
@@ -772,8 +774,10 @@ def config_f(img_resolution: int = 1024, channel_base: int | None = None) -> dic
     """
     if channel_base is None:
         channel_base = 32768 if img_resolution >= 512 else 16384
-    return dict(
-        z_dim=512, c_dim=0, w_dim=512, img_resolution=img_resolution, img_channels=3,
-        mapping_kwargs=dict(num_layers=8),
-        synthesis_kwargs=dict(channel_base=channel_base, channel_max=512, num_fp16_res=4, conv_clamp=256),
-    )
+    return {
+        "z_dim": 512, "c_dim": 0, "w_dim": 512, "img_resolution": img_resolution, "img_channels": 3,
+        "mapping_kwargs": {"num_layers": 8},
+        "synthesis_kwargs": {
+            "channel_base": channel_base, "channel_max": 512, "num_fp16_res": 4, "conv_clamp": 256,
+        },
+    }

@@ -36,7 +36,7 @@ import io
 import os
 import pickle
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ import torch
 from .networks import Generator
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle asks for something outside the allow-list; nothing of it was run."""
 
 
@@ -79,14 +79,14 @@ class PersistentObject:
         raise UnsafePickleError("BUILD on a persistent object is not part of the persistence format")
 
     # Convenience accessors over the nn.Module state.
-    def child(self, name: str) -> "PersistentObject":
+    def child(self, name: str) -> PersistentObject:
         modules = self.state.get("_modules") or {}
         child = modules.get(name)
         if not isinstance(child, PersistentObject):
             raise UnsupportedNetworkError(f"{self.class_name} has no submodule {name!r}")
         return child
 
-    def children(self) -> dict[str, "PersistentObject"]:
+    def children(self) -> dict[str, PersistentObject]:
         return {k: v for k, v in (self.state.get("_modules") or {}).items() if isinstance(v, PersistentObject)}
 
     def attr(self, name: str, default: Any = None) -> Any:
@@ -250,7 +250,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python implementation, so B
     before anything could call them. Persistent ids (torch.save's zip format) are refused as well.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         if self.proto < 3 and self.fix_imports:  # Python 2 names in protocol 0-2 streams, as pickle does
@@ -273,9 +273,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python implementation, so B
         raise UnsafePickleError("refusing to load pickle: persistent ids are not part of NVIDIA's pickle format")
 
     def load_build(self) -> None:
-        stack = self.stack
-        state = stack[-1]
-        inst = stack[-2]
+        inst = self.stack[-2]  # the stack ends with [..., inst, state]
         if not isinstance(inst, _BUILD_OK):
             raise UnsafePickleError(f"refusing to load pickle: BUILD (__setstate__) on {type(inst).__name__}")
         super().load_build()
@@ -385,7 +383,7 @@ def generator_config(G: PersistentObject) -> dict[str, Any]:
     if unknown:
         raise UnsupportedNetworkError(f"unsupported mapping arguments: {sorted(unknown)}")
     architecture = synthesis_kwargs.pop("architecture", "skip")
-    for name, block in blocks.items():
+    for block in blocks.values():
         architecture = block.attr("architecture", architecture)
     if architecture != "skip":
         raise UnsupportedNetworkError(f"only the 'skip' generator architecture (config F) is supported, "

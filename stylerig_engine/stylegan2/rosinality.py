@@ -89,10 +89,12 @@ def rosinality_to_config_and_state(
     channel_max = channels[4]
     below = [res for res in sorted(channels) if channels[res] < channel_max]
     channel_base = channels[below[0]] * below[0] if below else max(32768, channel_max * resolution)
-    cfg = dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=resolution, img_channels=3,
-               mapping_kwargs=dict(num_layers=n_mlp, lr_multiplier=float(lr_mlp)),
-               synthesis_kwargs=dict(channel_base=int(channel_base), channel_max=int(channel_max),
-                                     num_fp16_res=0, conv_clamp=None))
+    cfg = {
+        "z_dim": z_dim, "c_dim": 0, "w_dim": w_dim, "img_resolution": resolution, "img_channels": 3,
+        "mapping_kwargs": {"num_layers": n_mlp, "lr_multiplier": float(lr_mlp)},
+        "synthesis_kwargs": {"channel_base": int(channel_base), "channel_max": int(channel_max),
+                             "num_fp16_res": 0, "conv_clamp": None},
+    }
 
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()

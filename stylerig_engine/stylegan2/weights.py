@@ -22,9 +22,10 @@ import os
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -109,7 +110,8 @@ def load_safetensors_generator(path: str | os.PathLike) -> Generator:
     path = Path(path)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         metadata = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        names = list(f.keys())
+        state = {k: f.get_tensor(k) for k in names}
     config_text = metadata.get("stylerig.config")
     if config_text is None:
         sidecar = path.with_suffix(".json")
@@ -273,9 +275,8 @@ def verify(name: str) -> dict[str, Any]:
     if digest != record["sha256"] or (net.sha256 and digest != net.sha256):
         raise WeightsError(f"{name}: {path} has SHA-256 {digest}, recorded {record['sha256']}: the file changed")
     converted = record.get("converted")
-    if converted and Path(converted).exists():
-        if fileio.sha256_file(converted) != record.get("converted_sha256"):
-            raise WeightsError(f"{name}: {converted} does not match its recorded SHA-256")
+    if converted and Path(converted).exists() and fileio.sha256_file(converted) != record.get("converted_sha256"):
+        raise WeightsError(f"{name}: {converted} does not match its recorded SHA-256")
     return record
 
 
