@@ -68,8 +68,7 @@ class LocalEngine:
         argv = [*command, *args]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         except OSError as e:
             raise EngineStartError(f"cannot run {shlex.join(argv)}: {e}") from e
         finally:

@@ -18,7 +18,7 @@ CONTROL_MODES = {"pose": ("rotation", "translation"), "expression": ("expression
                  "illumination": ("illumination",), "identity": ("identity",), "albedo": ("albedo",)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Layout:
     blocks: tuple[tuple[str, int, int], ...]  # (name, offset, size) in vector order
     names: tuple[str, ...]  # "block/entry", one per entry

@@ -104,7 +104,7 @@ class LivePreview:
             img = bpy.data.images.new(self.image_name, w, h, alpha=True, float_buffer=True)
         elif tuple(img.size) != (w, h):
             img.scale(w, h)
-        img.pixels.foreach_set(a.ravel())
+        img.pixels.foreach_set(a.ravel())  # type: ignore[arg-type]
         img.update()
         return img
 

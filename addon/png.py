@@ -55,7 +55,8 @@ def png_info(path: str | os.PathLike) -> dict | None:
         return None
     if not data.startswith(SIGNATURE):
         return None
-    pos, info, text = len(SIGNATURE), None, {}
+    pos, info = len(SIGNATURE), None
+    text: dict[str, str] = {}
     while pos + 12 <= len(data):
         (length,) = struct.unpack(">I", data[pos:pos + 4])
         kind = data[pos + 4:pos + 8]

@@ -36,6 +36,7 @@ DEFAULT_MAX_PAYLOAD = 256 << 20  # 256 MiB
 MAX_NDIM = 8
 MAX_ARRAYS = 64
 MAX_NAME = 64
+SMALL_FRAME = 1 << 16  # frames up to this size are sent with one call; payloads above it are read into numpy
 
 # dtype strings on the wire: numpy's `dtype.str`, always little-endian or byte-order free.
 DTYPES = ("|u1", "|i1", "|b1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8")
@@ -319,9 +320,10 @@ class FrameDecoder:
 
 
 # ---- sockets ------------------------------------------------------------------------------------------
-def _read_exact(stream, n: int, what: str, *, at_boundary: bool = False) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
+def _read_exact(stream, n: int, what: str, *, at_boundary: bool = False):
+    # payloads go into an uninitialised, aligned numpy buffer (no zero-filling of megabytes)
+    buf = np.empty(n, np.uint8) if n >= SMALL_FRAME else bytearray(n)
+    view = memoryview(buf).cast("B")
     got = 0
     while got < n:
         k = stream.readinto(view[got:])
@@ -346,9 +348,6 @@ def read_frame(stream, limits: Limits | None = None) -> Frame:
     payload = _read_exact(stream, plen, "payload") if plen else bytearray()
     header = parse_header(hbytes)
     return Frame(header, parse_arrays(header, payload))
-
-
-SMALL_FRAME = 1 << 16
 
 
 def send_parts(sock, parts: Iterable) -> int:

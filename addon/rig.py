@@ -248,6 +248,8 @@ def build_rig(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, cont
     cam.location = [float(x) * UNIT for x in cam_spec["position"]]
     if scene.camera is None:
         scene.camera = cam
+    # the engine's images are display-ready sRGB: the Standard view transform shows them (and the rig) unchanged
+    scene.view_settings.view_transform = "Standard"
 
     rig = load_rig(arm)
     apply_params(rig, layout.neutral())
@@ -298,7 +300,7 @@ def _make_mesh(name: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarr
         rgba = np.concatenate([np.asarray(arrays["albedo_mean"], np.float32), np.ones((len(verts), 1), np.float32)], 1)
         col.data.foreach_set("color", rgba.ravel())  # type: ignore[attr-defined]
         mesh.color_attributes.active_color = col
-        mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
+        mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index or 0
     for poly in mesh.polygons:
         poly.use_smooth = True
     mesh.materials.append(_albedo_material(name))

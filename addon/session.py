@@ -3,6 +3,7 @@ started, and connecting. Stdlib only (no bpy), so headless scripts and tests use
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from dataclasses import dataclass, fields
@@ -44,6 +45,7 @@ class Session:
 
     def __init__(self) -> None:
         self.local: LocalEngine | None = None
+        self._atexit = False
 
     def address(self, s: EngineSettings) -> tuple[Any, str | None]:
         """(address, token file) to connect to under settings `s`."""
@@ -69,6 +71,9 @@ class Session:
             serve_args(generator=s.generator, rignet=s.rignet, device=s.device, port=s.port, oracle_fit=s.oracle_fit,
                        token_file=s.token_file if s.source == "LOCAL" else "", extra=s.extra_args),
             timeout=s.start_timeout, log_path=log)
+        if not self._atexit:  # never leave an engine (and its GPU memory) behind when Blender quits
+            atexit.register(self.stop_local)
+            self._atexit = True
         return self.local
 
     def stop_local(self) -> bool:

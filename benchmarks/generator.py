@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylerig_engine.stylegan2.inference import FastGenerator, InferenceOptions, count_flops  # noqa: E402
-from stylerig_engine.stylegan2.weights import random_generator  # noqa: E402
+from stylerig_engine.stylegan2.inference import FastGenerator, InferenceOptions, count_flops
+from stylerig_engine.stylegan2.weights import random_generator
 
 
 def machine() -> dict:
@@ -84,14 +84,16 @@ def nvidia_generator(repo: str, G, device: torch.device):
     return nv.eval().requires_grad_(False).to(device)
 
 
-def timed(fn, device: torch.device) -> float:
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process). On a shared machine the CPU time of a single-threaded
+    run (--threads 1) hardly depends on other processes; wall time does."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def variants_for(device: torch.device, batch: int, args) -> dict[str, InferenceOptions]:
@@ -135,14 +137,15 @@ def run(args) -> list[dict]:
             for name, opts in variants_for(device, batch, args).items():
                 G = random_generator(res).to(device)
                 runner = FastGenerator(G, opts)
-                calls[name] = (lambda r=runner: r.synthesis(ws, "const"))
+                calls[name] = (lambda r=runner, ws=ws: r.synthesis(ws, "const"))
             if args.nvidia_repo:
                 nv = nvidia_generator(args.nvidia_repo, base, device)
                 label = "NVIDIA fp32" if device.type == "cpu" else "NVIDIA fp32 (TF32 as PyTorch default)"
-                calls[label] = lambda nv=nv: nv.synthesis(ws, noise_mode="const", force_fp32=True)
+                calls[label] = lambda nv=nv, ws=ws: nv.synthesis(ws, noise_mode="const", force_fp32=True)
                 if device.type == "cuda":
-                    calls["NVIDIA fp16"] = lambda nv=nv: nv.synthesis(ws, noise_mode="const")
+                    calls["NVIDIA fp16"] = lambda nv=nv, ws=ws: nv.synthesis(ws, noise_mode="const")
             times: dict[str, list[float]] = {name: [] for name in calls}
+            cpu_times: dict[str, list[float]] = {name: [] for name in calls}
             with torch.no_grad():
                 for name, fn in calls.items():  # warm-up (compile, cuDNN autotune, CUDA graph capture)
                     if batch == 1 or device.type == "cuda" or "compile" in name:
@@ -150,19 +153,23 @@ def run(args) -> list[dict]:
                 for _ in range(rounds):
                     for name, fn in calls.items():
                         holder = {}
-                        times[name].append(timed(lambda fn=fn, holder=holder: holder.setdefault("y", fn()), device))
+                        wall, cpu = timed(lambda fn=fn, holder=holder: holder.setdefault("y", fn()), device)
+                        times[name].append(wall)
+                        cpu_times[name].append(cpu)
                         outputs[name] = holder["y"]
             reference = outputs[next(iter(calls))].float()
             for name in calls:
                 t = times[name]
                 row = {"res": res, "batch": batch, "variant": name, "device": str(device), "rounds": len(t),
                        "median_s": statistics.median(t), "min_s": min(t),
+                       "cpu_median_s": statistics.median(cpu_times[name]), "threads": torch.get_num_threads(),
                        "img_per_s": batch / statistics.median(t), "gflop_per_img": gflop,
                        "max_abs_diff_vs_first": float((outputs[name].float() - reference).abs().max()),
                        "load": load_average()}
                 results.append(row)
                 print(f"{res:5d} b{batch:<3d} {name:<44s} median {row['median_s'] * 1000:9.1f} ms "
-                      f"min {row['min_s'] * 1000:9.1f} ms  {row['img_per_s']:7.2f} img/s  "
+                      f"min {row['min_s'] * 1000:9.1f} ms  cpu {row['cpu_median_s'] * 1000:9.1f} ms  "
+                      f"{row['img_per_s']:7.2f} img/s  "
                       f"diff {row['max_abs_diff_vs_first']:.1e}  load {row['load']}", flush=True)
     return results
 

@@ -19,6 +19,7 @@ Measured, per size:
 
 Stand-in generator ("standin:R"): a fixed random conv net (const 4x4 -> conv/upsample blocks -> RGB at R),
 used when the real generators are not available; its cost grows with R^2 like StyleGAN2's.
+Null generator ("null:R"): returns a fixed image at no cost, so the round trip *is* the server's overhead.
 """
 
 from __future__ import annotations
@@ -81,6 +82,30 @@ def standin_generator(resolution: int, seed: int = 0):
     return ConvStandIn().eval()
 
 
+def null_generator(resolution: int):
+    """A generator that costs nothing: synthesis returns a fixed image. Round trips then measure the server's
+    own overhead (protocol, queueing, conversion, sockets) free of the generator's timing noise."""
+    import torch
+
+    class Null:
+        z_dim = w_dim = 512
+        num_ws = 8
+        img_resolution = resolution
+        w_avg = torch.zeros(512)
+
+        def __init__(self):
+            g = torch.Generator().manual_seed(0)
+            self.image = torch.rand(1, 3, resolution, resolution, generator=g) * 2 - 1
+
+        def mapping(self, z, psi=1.0):
+            return z[:, None].repeat(1, self.num_ws, 1)
+
+        def synthesis(self, ws, noise_mode="const"):
+            return self.image.expand(len(ws), -1, -1, -1)
+
+    return Null()
+
+
 def tiny_face_model():
     from stylerig_engine.facemodel.model import MorphableModel
 
@@ -113,15 +138,16 @@ def build(spec: str, size: int, max_batch: int, device: str):
     from stylerig_engine.params import layout_for_model
 
     name, _, res = spec.partition(":")
-    if name == "standin":
+    if name in ("standin", "null"):
         model = tiny_face_model()
+        make = standin_generator if name == "standin" else null_generator
         return Engine(
-            standin_generator(int(res or size)),
+            make(int(res or size)),
             model,
             layout_for_model(model),
             device=device,
             max_batch=max_batch,
-            name=f"standin:{res or size}",
+            name=f"{name}:{res or size}",
         )
     if name == "random":
         spec = f"random:{res or size}"
@@ -167,20 +193,28 @@ def child(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build(args.generator, args.size, args.max_batch, args.device)
-    ws = engine.map_seeds([0], 0.7)
-    times = []
-    for _ in range(5):  # warm-up
-        engine.synthesize(ws)
-    deadline = time.perf_counter() + args.gen_seconds
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
+    ws = engine.map_seeds([1], 0.7)  # the face the client renders
+    times: list[float] = []
+    out: dict = {}
+
+    def measure_generator() -> None:  # on its own thread, like the server's device worker
+        for _ in range(5):  # warm-up
+            engine.synthesize(ws)
+        deadline = time.perf_counter() + args.gen_seconds
+        while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
+            t = time.perf_counter()
+            x = engine.synthesize(ws)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        x = engine.synthesize(ws)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    engine.to_images(x, args.size, "rgba8")
-    convert = time.perf_counter() - t
+        engine.to_images(x, args.size, "rgba8")
+        out["convert"] = time.perf_counter() - t
+
+    th = threading.Thread(target=measure_generator)
+    th.start()
+    th.join()
+    convert = out["convert"]
     server = EngineServer(
         engine, port=0, token=args.token, worker_config=WorkerConfig(max_batch=args.max_batch)
     )

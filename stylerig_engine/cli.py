@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "stylerig_engine.corpus.commands",  # corpus, corpus-check
     "stylerig_engine.rig.commands",  # train, evaluate
     "stylerig_server.commands",  # serve
+    "stylerig_engine.blender.commands",  # addon build, render-blend, demo
 )
 
 

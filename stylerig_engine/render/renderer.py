@@ -49,15 +49,13 @@ def composite(fragments: Fragments, colours: torch.Tensor, background: torch.Ten
     if background is None or isinstance(background, (int, float)):
         return fragments.to_dense(colours, float(background or 0.0))
     h, w = fragments.image_size
-    b, c = fragments.batch_size, colours.shape[1]
+    c = colours.shape[1]
     bg = torch.as_tensor(background, dtype=colours.dtype, device=colours.device)
     if bg.ndim == 1:
         bg = bg.view(1, -1, 1, 1)
     if bg.ndim != 4 or bg.shape[1] != c or (bg.shape[2:] != (h, w) and bg.shape[2:] != (1, 1)):
         raise ValueError(f"background must be (C,) or (B, {c}, {h}, {w}), got {tuple(bg.shape)}")
-    bg = bg.expand(b, c, h, w).permute(0, 2, 3, 1).reshape(b * h * w, c)
-    out = bg.index_put((fragments.pixels,), colours)
-    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    return fragments.to_dense(colours, bg)
 
 
 class MeshRenderer(torch.nn.Module):

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .rasterizer import Fragments, _corner_index, interpolate
+from .rasterizer import Fragments, _corner_index, interpolate, interpolate_planar
 
 C1 = 2.0 / math.sqrt(3.0)
 C2 = math.sqrt(15.0) / 4.0
@@ -64,12 +64,13 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return n.permute(1, 2, 0)
 
 
-def sh_basis(normals: torch.Tensor) -> torch.Tensor:
-    """(..., 3) unit normals -> (..., 9) irradiance basis H_k(n), H_0 = 1 (see the module docstring)."""
-    x, y, z = normals.unbind(-1)
+def sh_basis(normals: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """(..., 3) unit normals -> (..., 9) irradiance basis H_k(n), H_0 = 1 (see the module docstring).
+    `dim` is the coordinate dimension (0 for planar (3, N) normals -> (9, N))."""
+    x, y, z = normals.unbind(dim)
     one = torch.ones_like(x)
     return torch.stack([one, C1 * y, C1 * z, C1 * x, C2 * x * y, C2 * y * z, C3 * (3 * z * z - 1),
-                        C2 * x * z, C4 * (x * x - y * y)], dim=-1)
+                        C2 * x * z, C4 * (x * x - y * y)], dim=dim)
 
 
 def sh_coefficients(sh: torch.Tensor) -> torch.Tensor:
@@ -122,12 +123,17 @@ def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
 
 
 def per_image_sh(basis: torch.Tensor, gamma: torch.Tensor, fragments: Fragments) -> torch.Tensor:
-    """(N, 9) per-pixel basis values times each pixel's own image's (B, 9, 3) coefficients -> (N, 3).
-    Covered pixels are ordered by image, so this is one small matmul per image."""
+    """(9, N) planar per-pixel basis values with each pixel's own image's (B, 9, 3) coefficients ->
+    (3, N) irradiance. Covered pixels are ordered by image, so this is one small matmul per image."""
     if gamma.shape[0] == 1:
-        return basis @ gamma[0]
+        return gamma[0].t() @ basis
     counts = torch.bincount(fragments.batch_index, minlength=gamma.shape[0]).tolist()
-    return torch.cat([part @ g for part, g in zip(basis.split(counts), gamma.unbind(0))])
+    return torch.cat([g.t() @ part for part, g in zip(basis.split(counts, dim=1), gamma.unbind(0))], dim=1)
+
+
+def _unit_rows(n: torch.Tensor) -> torch.Tensor:
+    """Normalise planar (3, N) vectors."""
+    return n / n.square().sum(0).sqrt().clamp(min=1e-12)
 
 
 # ---- shaders: Fragments + mesh attributes -> per-covered-pixel colours (N, 3) ------------------------
@@ -149,9 +155,9 @@ class SHShader(torch.nn.Module):
         gamma = sh_coefficients(sh)
         if normals is None:
             normals = vertex_normals(verts, faces)
-        n = torch.nn.functional.normalize(interpolate(normals, fragments), dim=-1, eps=1e-12)
-        a = interpolate(albedo, fragments)
-        return a * per_image_sh(sh_basis(n), gamma, fragments)
+        n = _unit_rows(interpolate_planar(normals, fragments))  # (3, N)
+        a = interpolate_planar(albedo, fragments)
+        return (a * per_image_sh(sh_basis(n, dim=0), gamma, fragments)).t()
 
 
 class AlbedoShader(torch.nn.Module):
@@ -168,5 +174,4 @@ class NormalShader(torch.nn.Module):
                 normals: torch.Tensor | None = None, **_) -> torch.Tensor:
         if normals is None:
             normals = vertex_normals(verts, faces)
-        n = torch.nn.functional.normalize(interpolate(normals, fragments), dim=-1, eps=1e-12)
-        return 0.5 + 0.5 * n
+        return (0.5 + 0.5 * _unit_rows(interpolate_planar(normals, fragments))).t()
