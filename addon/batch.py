@@ -29,10 +29,9 @@ import numpy as np
 
 from . import png
 from .client import Client, EngineError
-from .layout import targets
+from .layout import DEFAULT_MODES, targets
 
 TEXT_KEY = "stylerig"
-DEFAULT_MODES = ("pose", "expression", "illumination")
 
 
 def parse_frames(spec: str) -> list[int]:

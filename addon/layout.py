@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 BLOCKS = ("identity", "albedo", "expression", "rotation", "translation", "illumination")
-CONTROL_MODES = {"pose": ("rotation", "translation"), "expression": ("expression",),
-                 "illumination": ("illumination",), "identity": ("identity",), "albedo": ("albedo",)}
+# The RigNet modes the rig drives by default (StyleRig's three); identity and albedo are opt-in.
+DEFAULT_MODES = ("pose", "expression", "illumination")
 
 
 @dataclass(frozen=True, eq=False)

@@ -131,8 +131,3 @@ def shade(normals: np.ndarray, albedo: np.ndarray, sh) -> np.ndarray:
     """Per-vertex linear RGB albedo * sum_k gamma_k H_k(n): (V, 3) normals, (V, 3) albedo, (27,) -> (V, 3)."""
     gamma = np.asarray(sh, np.float64).reshape(9, 3)
     return np.asarray(albedo, np.float64) * (sh_basis(normals) @ gamma)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.maximum(x, 0.0031308) ** (1 / 2.4) - 0.055)

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from .client import Client, RenderResult, StreamingRenderer
-from .layout import targets
+from .layout import DEFAULT_MODES, targets
 
-DEFAULT_MODES = ("pose", "expression", "illumination")
 IMAGE_NAME = "StyleRig Preview"
 TICK = 1 / 30
 
@@ -118,6 +117,8 @@ class LivePreview:
 
     def status_text(self) -> str:
         s = self.stream
+        if s.status == "connecting" and s.last_error is None:
+            return "connecting to the engine..."
         if s.status != "connected":
             err = s.last_error
             why = f" ({err})" if err is not None else ""

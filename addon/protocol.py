@@ -213,7 +213,7 @@ def _int(v: Any) -> bool:
 
 
 def parse_arrays(header: dict, payload: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
-    """The arrays described in header["arrays"], as read-only views into `payload` (no copies)."""
+    """The arrays described in header["arrays"], as views into `payload` (no copies)."""
     desc = header.get("arrays", [])
     rid = header.get("id")
 

@@ -143,18 +143,16 @@ def find_rig(context=None, obj=None) -> Rig | None:
     """The rig of `obj` (the armature or one of its children), else of the active object, else the first in the
     scene."""
     context = context or bpy.context
-    candidates = [obj, getattr(context, "active_object", None)]
-    for o in candidates:
-        if o is None:
-            continue
-        if is_rig(o):
-            return load_rig(o)
-        if o.parent is not None and is_rig(o.parent):
-            return load_rig(o.parent)
     scene = getattr(context, "scene", None)
-    for o in (scene.objects if scene is not None else bpy.data.objects):
+    candidates = [obj, getattr(context, "active_object", None)]
+    candidates += [o.parent for o in candidates if o is not None]
+    candidates += list(scene.objects if scene is not None else bpy.data.objects)
+    for o in candidates:
         if is_rig(o):
-            return load_rig(o)
+            try:
+                return load_rig(o)
+            except ValueError:  # a rig whose face was deleted: look further
+                continue
     return None
 
 
@@ -181,6 +179,8 @@ def build_rig(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, cont
     context = context or bpy.context
     scene = context.scene
     layout = Layout.from_description(meta["layout"])
+    if context.mode != "OBJECT" and context.active_object is not None:
+        bpy.ops.object.mode_set(mode="OBJECT")
     verts = np.asarray(arrays["vertices"], np.float64)
     n_v = len(verts)
 

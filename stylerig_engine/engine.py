@@ -59,13 +59,25 @@ class UnknownHandle(EngineError):
 def load_rig(directory) -> tuple[Callable, Callable]:
     """(fit, edit) from a trained DFR + RigNet directory: the hook `stylerig serve --rignet DIR` calls.
 
-    Wired by the DFR/RigNet work; until then this says so clearly."""
-    raise NotAvailable(
-        f"cannot load DFR/RigNet from {str(directory)!r}: "
-        "RigNet loading is not implemented in this build yet "
-        "(stylerig_engine.engine.load_rig). Serve without --rignet: new_face and plain renders work; fit and "
-        "rig-driven renders answer 'not_available'."
-    )
+    "shipped" names the rig trained on the synthetic world that ships with the engine."""
+    from .rig import SHIPPED_RIG, CheckpointError
+    from .rig import load_rig as load_rig_networks
+
+    path = SHIPPED_RIG if str(directory) == "shipped" else directory
+    try:
+        rig = load_rig_networks(path)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise NotAvailable(f"cannot load DFR/RigNet from {str(directory)!r}: {e}") from e
+
+    def edit(ws, targets):
+        return rig.to(ws.device).edit_many(ws, targets)
+
+    def fit(ws):
+        return rig.to(ws.device).fit(ws)
+
+    fit.layout = edit.layout = rig.layout  # type: ignore[attr-defined]
+    edit.modes = rig.modes  # type: ignore[attr-defined]
+    return fit, edit
 
 
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:

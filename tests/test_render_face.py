@@ -162,3 +162,27 @@ def test_render_faces_command(tmp_path, model):
     assert img[24, 24].astype(int).sum() != 3 * 128
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.size[0] == 7 * 48
+
+
+def test_chunked_batches_render_the_same(model):
+    r = FaceRenderer(model, image_size=32)
+    p = torch.as_tensor(r.layout.sample(5, np.random.default_rng(1)))
+    bg = torch.rand(5, 3, 32, 32)
+    outs, grads = [], []
+    for chunk in (0, 2 * 32 * 32):  # whole batch at once; two images at a time (chunks of 2, 2, 1)
+        r.renderer.chunk_pixels = chunk
+        q = p.clone().requires_grad_()
+        o = r(q, background=bg)
+        (o.image.square().sum() + o.depth.sum() + o.landmarks.sum()).backward()
+        outs.append(o)
+        grads.append(q.grad)
+    a, b = outs
+    for k in ("image", "mask", "depth", "landmarks", "screen"):
+        assert torch.allclose(getattr(a, k), getattr(b, k), atol=1e-5), k
+    for k in a.regions:
+        assert torch.equal(a.regions[k], b.regions[k])
+    fa, fb = a.fragments, b.fragments
+    for k in ("pix_to_face", "pixels", "faces", "corner_ids"):
+        assert torch.equal(getattr(fa, k), getattr(fb, k)), k
+    assert torch.allclose(fa.bary_planar, fb.bary_planar, atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)

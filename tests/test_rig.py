@@ -194,3 +194,22 @@ def test_two_process_data_parallel_equals_one_process(corpus, tmp_path):
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-4, rtol=1e-3), name
     assert Path(tmp_path / "two" / "dfr.config.json").exists()
+
+
+def test_engine_serves_a_rig_directory(layout, tmp_path):
+    """`stylerig serve --rignet DIR` loads DFR + RigNets through the engine's hook."""
+    from stylerig_engine.engine import NotAvailable, load_rig
+
+    dfr = DFR(layout, num_ws=14, w_dim=512)
+    save_network(dfr, tmp_path / "dfr.safetensors")
+    net = RigNet("pose", layout, num_ws=14, w_dim=512)
+    torch.nn.init.normal_(net.decoder_out.weight, std=0.05)
+    save_network(net, tmp_path / "rignet-pose.safetensors")
+    fit, edit = load_rig(tmp_path)
+    ws = torch.randn(2, 14, 512)
+    assert torch.allclose(fit(ws), dfr(ws))
+    assert edit.modes == ["pose"]
+    target = torch.randn(2, layout.dim)
+    assert torch.allclose(edit(ws, {"pose": target}), net(ws, target), atol=1e-6)
+    with pytest.raises(NotAvailable, match="no dfr.safetensors"):
+        load_rig(tmp_path / "missing")

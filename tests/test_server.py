@@ -581,3 +581,43 @@ def test_streaming_renderer_reconnects_when_the_engine_comes_back(serve, tmp_pat
         assert stream.stats["reconnects"] >= 1
     finally:
         stream.close()
+
+
+def test_fuzzed_bytes_never_take_the_server_down(serve):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    r = serve()
+    h = r.engine.new_face(0)
+    valid = P.encode_frame({"op": "render", "id": 1, "handle": h, "size": 8})
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.one_of(
+            st.binary(max_size=300),
+            st.builds(lambda data, cut: valid[:cut] + data, st.binary(max_size=64), st.integers(0, 60)),
+            st.builds(
+                lambda pos, val: valid[:pos] + bytes([val]) + valid[pos + 1 :],
+                st.integers(0, len(valid) - 1),
+                st.integers(0, 255),
+            ),
+        )
+    )
+    def check(data):
+        s, stream = r.raw_hello()
+        s.settimeout(5)
+        s.sendall(data + P.encode_frame({"op": "ping", "id": 77}))
+        s.shutdown(socket.SHUT_WR)
+        while True:  # every reply is a well-formed frame, until the server closes the connection
+            try:
+                header = P.read_frame(stream).header
+            except (P.ConnectionLost, OSError):
+                break
+            assert set(header) >= {"id", "ok", "final"}
+        stream.close()
+        s.close()
+        r.clients.remove(s)
+
+    check()
+    assert r.client().ping() > 0
+    assert r.server.worker.thread.is_alive()

@@ -8,8 +8,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 
 def add_engine_args(p, *, default_generator: str = "synthetic") -> None:
     g = p.add_argument_group("engine (default: start one for this run)")
@@ -100,13 +98,3 @@ def contact_sheet(columns: Sequence[tuple[str, Sequence[Path]]], row_labels: Seq
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
-
-
-def mean_abs_difference(a: Path, b: Path) -> float:
-    """Mean absolute RGB difference (0-255) of two images of the same size (a sanity number for reports)."""
-    from PIL import Image
-
-    with Image.open(a) as ia, Image.open(b) as ib:
-        x = np.asarray(ia.convert("RGB"), np.float64)
-        y = np.asarray(ib.convert("RGB").resize(ia.size), np.float64)
-    return float(np.abs(x - y).mean())

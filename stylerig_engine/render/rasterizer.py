@@ -74,6 +74,21 @@ class Fragments:
     def batch_size(self) -> int:
         return int(self.pix_to_face.shape[0])
 
+    @staticmethod
+    def cat(parts: list[Fragments], *, num_vertices: int) -> Fragments:
+        """Concatenate the fragments of consecutive batch chunks (each rendered with `num_vertices`
+        vertices per mesh) into the fragments of the whole batch."""
+        h, w = parts[0].image_size
+        pixels, corners, b0 = [], [], 0
+        for f in parts:
+            pixels.append(f.pixels + b0 * h * w)
+            corners.append(f.corner_ids + b0 * num_vertices)
+            b0 += f.batch_size
+        return Fragments(pix_to_face=torch.cat([f.pix_to_face for f in parts]), pixels=torch.cat(pixels),
+                         faces=torch.cat([f.faces for f in parts]), corner_ids=torch.cat(corners, 1),
+                         bary_planar=torch.cat([f.bary_planar for f in parts], 1),
+                         zbuf_packed=torch.cat([f.zbuf_packed for f in parts]), image_size=(h, w))
+
     @property
     def num_pixels(self) -> int:
         return int(self.pixels.shape[0])

@@ -65,16 +65,21 @@ class MeshRenderer(torch.nn.Module):
         perspective-correct).
       shader: a module called as shader(fragments, verts=, faces=, albedo=, sh=, normals=) -> (N, 3)
         (default SHShader).
+      chunk_pixels: render big batches a few images at a time, at most this many pixels per chunk
+        (the outputs are concatenated; results are identical). Small working sets stay in cache: on CPU
+        a batch of 32 at 512^2 renders several times faster per image in chunks than all at once.
+        0 disables chunking.
     """
 
     def __init__(self, camera: PerspectiveCamera, rasterizer: MeshRasterizer | None = None,
-                 shader: torch.nn.Module | None = None):
+                 shader: torch.nn.Module | None = None, *, chunk_pixels: int = 1 << 18):
         super().__init__()
         self.camera = camera
         self.rasterizer = rasterizer or MeshRasterizer(camera.image_size, near=camera.near)
         if tuple(self.rasterizer.image_size) != (camera.image_size, camera.image_size):
             raise ValueError(f"rasterizer size {self.rasterizer.image_size} != camera size {camera.image_size}")
         self.shader = shader or SHShader()
+        self.chunk_pixels = chunk_pixels
 
     def forward(self, verts: torch.Tensor, faces: torch.Tensor, *, albedo: torch.Tensor, sh: torch.Tensor,
                 background: torch.Tensor | float | None = None, landmarks: torch.Tensor | None = None,
@@ -94,6 +99,28 @@ class MeshRenderer(torch.nn.Module):
             raise ValueError(f"verts must be (B, V, 3), got {tuple(verts.shape)}")
         if albedo.shape != verts.shape:
             raise ValueError(f"albedo must be {tuple(verts.shape)} like verts, got {tuple(albedo.shape)}")
+        bsz = verts.shape[0]
+        if sh.shape[0] != bsz or (normals is not None and normals.shape != verts.shape):
+            raise ValueError(f"sh {tuple(sh.shape)} / normals must have the batch size {bsz} of verts")
+        per = max(1, self.chunk_pixels // (self.camera.image_size ** 2)) if self.chunk_pixels else bsz
+        if bsz <= per:
+            return self._render(verts, faces, albedo, sh, background, landmarks, regions, normals)
+        bg_batched = isinstance(background, torch.Tensor) and background.ndim == 4 and background.shape[0] > 1
+        parts = []
+        for s in range(0, bsz, per):
+            e = min(s + per, bsz)
+            parts.append(self._render(verts[s:e], faces, albedo[s:e], sh[s:e],
+                                      background[s:e] if bg_batched else background, landmarks, regions,
+                                      None if normals is None else normals[s:e]))
+        return RenderOutput(
+            image=torch.cat([o.image for o in parts]), mask=torch.cat([o.mask for o in parts]),
+            depth=torch.cat([o.depth for o in parts]),
+            landmarks=None if landmarks is None else torch.cat([o.landmarks for o in parts]),
+            fragments=Fragments.cat([o.fragments for o in parts], num_vertices=verts.shape[1]),
+            screen=torch.cat([o.screen for o in parts]),
+            regions={k: torch.cat([o.regions[k] for o in parts]) for k in parts[0].regions})
+
+    def _render(self, verts, faces, albedo, sh, background, landmarks, regions, normals) -> RenderOutput:
         screen = self.camera.project(verts)
         fragments = self.rasterizer(screen, faces)
         colours = self.shader(fragments, verts=verts, faces=faces, albedo=albedo, sh=sh, normals=normals)

@@ -21,12 +21,27 @@ def to_generator_space(linear: torch.Tensor) -> torch.Tensor:
 
 
 def region_model(model, region: str = "face_skin"):
-    """The model with only the triangles of one region: the photometric losses compare that region only, so
-    the rest of the head need not be rasterised (about 2-3x fewer triangles for the ICT face)."""
+    """The model cut down to one region's triangles and the vertices they use (plus the landmarks).
+
+    The photometric losses compare that region only, so the rest of the head need not be posed, shaded or
+    rasterised: for the ICT face this is about 2.5x fewer vertices and triangles. Blender polygons are dropped.
+    """
     import dataclasses
 
-    keep = model.regions[region][model.triangles].all(1)
-    return dataclasses.replace(model, triangles=model.triangles[keep])
+    import numpy as np
+
+    tri = model.triangles[model.regions[region][model.triangles].all(1)]
+    keep = np.zeros(model.num_vertices, bool)
+    keep[tri] = True
+    keep[model.landmarks] = True
+    new_index = np.cumsum(keep) - 1
+    return dataclasses.replace(
+        model, neutral=model.neutral[keep], identity_basis=model.identity_basis[:, keep],
+        expression_basis=model.expression_basis[:, keep], albedo_mean=model.albedo_mean[keep],
+        albedo_basis=model.albedo_basis[:, keep], triangles=new_index[tri].astype(np.int32),
+        polygon_start=np.zeros(1, np.int32), polygon_vertices=np.zeros(0, np.int32), polygon_uvs=np.zeros(0, np.int32),
+        uvs=np.zeros((0, 2), np.float32), landmarks=new_index[model.landmarks].astype(np.int32),
+        regions={name: mask[keep] for name, mask in model.regions.items()})
 
 
 def landmark_weights(device=None) -> torch.Tensor:

@@ -106,7 +106,7 @@ class SyntheticParamMap(nn.Module):
         p[:, lay.slice("translation")] = torch.stack(
             [_bounded(pose[:, 3 + i], m) for i, m in enumerate(TRANSLATION_MAX_CM)], -1)
         p[:, lay.slice("identity")] = _bounded(out["identity"], 2.5)
-        p[:, lay.slice("albedo")] = _bounded(out["albedo"], 2.5)
+        p[:, lay.slice("albedo")] = _bounded(out["albedo"], 2.0)  # beyond ~2 std some skins leave [0, 1]
         # expression: a few active archetypes plus small independent blendshape activity
         e = out["expression"]
         k = self.archetypes.shape[0]
@@ -240,7 +240,9 @@ class SyntheticGenerator(nn.Module):
         albedo = torch.lerp(r.albedo(p), hair[:, None, :].expand(-1, verts.shape[1], -1), self.scalp_weight)
         out = r.renderer(verts, r.faces, albedo=albedo, sh=r.layout.split(p)["illumination"], background=backdrop,
                          landmarks=r.landmark_ids, regions=r.regions, normals=normals)
-        image = linear_to_srgb(out.image)
+        colour, coverage = self._clothing(scene, screen)
+        coverage = coverage * (1 - out.regions["face_skin"])  # clothes never cover the face
+        image = linear_to_srgb(torch.lerp(out.image, colour.expand_as(out.image), coverage))
         if noise_mode != "none":
             grain = self.const_grain if noise_mode == "const" else torch.randn(b, 1, size, size, device=self.device)
             image = image + 0.012 * grain * (1 - out.mask)  # stochastic detail off the face, like StyleGAN's noise
@@ -271,24 +273,29 @@ class SyntheticGenerator(nn.Module):
         cx = sx.mean(1)
         top_y = sy.min(1).values
         width = (sx.max(1).values - sx.min(1).values)
-        # shoulders: a wide rounded shape at the bottom, following the head sideways
-        cl = scene["clothing"]
-        cloth = torch.sigmoid(cl[:, 0:3] * 0.9 - 0.4) * 0.5
-        sh_w = 0.42 + 0.06 * torch.tanh(cl[:, 3])
-        sh_top = 0.86 + 0.04 * torch.tanh(cl[:, 4])
-        dx = (xs - cx[:, None, None]) / sh_w[:, None, None]
-        dy = (ys - 1.25) / (1.25 - sh_top[:, None, None])
-        shoulders = torch.sigmoid((1 - (dx ** 2 + dy ** 2)) * size * 0.08)
-        image = torch.lerp(image, cloth[:, :, None, None], shoulders[:, None])
         # hair: an ellipse behind the head, its volume and length varying with the latent
         h = scene["hair"]
         colour = self._hair_colour(h)
-        volume = 1.05 + 0.15 * torch.sigmoid(h[:, 6])
+        volume = 1.15 + 0.3 * torch.sigmoid(h[:, 6])
         rx = (width * 0.5 * volume)[:, None, None]
-        length = 0.55 + 0.25 * torch.sigmoid(h[:, 5])[:, None, None]
-        cy = (top_y[:, None, None] + rx * 0.95)
+        length = 0.45 + 0.3 * torch.sigmoid(h[:, 5])[:, None, None]
+        cy = (top_y[:, None, None] + rx * 0.8)
         ry = torch.where(ys < cy, rx * 1.05, length)
         ell = ((xs - cx[:, None, None]) / rx) ** 2 + ((ys - cy) / ry) ** 2
-        hair = torch.sigmoid((1 - ell) * size * 0.05)
+        hair = torch.sigmoid((1 - ell) * size * 0.25)
         image = torch.lerp(image, colour[:, :, None, None], hair[:, None])
         return image.expand(b, 3, size, size)
+
+    def _clothing(self, scene: dict[str, torch.Tensor], screen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shoulders in front of the neck: (colour (B, 3, 1, 1) linear RGB, coverage (B, 1, R, R) in [0, 1])."""
+        size, dev = self.img_resolution, self.device
+        ys, xs = torch.meshgrid(torch.linspace(0, 1, size, device=dev), torch.linspace(0, 1, size, device=dev),
+                                indexing="ij")
+        cx = (screen[..., 0] / (size - 1)).mean(1)[:, None, None]
+        cl = scene["clothing"]
+        colour = torch.sigmoid(cl[:, 0:3] * 0.9 - 0.4) * 0.5
+        width = (0.46 + 0.06 * torch.tanh(cl[:, 3]))[:, None, None]
+        top = (0.84 + 0.04 * torch.tanh(cl[:, 4]))[:, None, None]
+        dx, dy = (xs - cx) / width, (ys - 1.3) / (1.3 - top)
+        coverage = torch.sigmoid((1 - (dx ** 2 + dy ** 2)) * size * 0.08)
+        return colour[:, :, None, None], coverage[:, None]
