@@ -58,7 +58,8 @@ def main() -> None:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0 - setup
-                row = dict(device=device, net=net, steps_per_s=args.steps / dt, samples_per_s=args.steps * args.batch / dt)
+                row = dict(device=device, net=net, steps_per_s=args.steps / dt,
+                           samples_per_s=args.steps * args.batch / dt)
                 results["rows"].append(row)
                 print(f"{device:5s} {net:7s} {row['steps_per_s']:7.2f} steps/s {row['samples_per_s']:8.1f} samples/s "
                       f"({args.size}², batch {args.batch})")

@@ -415,3 +415,65 @@ def test_operators_start_engine_live_preview_and_background_batch(monkeypatch, t
     finally:
         stylerig_addon.unregister()
         SESSION.stop_local()
+
+
+# ---- an engine with RigNets: the rig's blocks go out as targets --------------------------------------------------
+@pytest.fixture(scope="module")
+def rignet_engine(tmp_path_factory):
+    """An engine with a DFR and pose/expression/illumination RigNets (untrained, random decoders so that every
+    edit shows in the image): checks the add-on's targets end to end, whatever the networks learned."""
+    import torch
+
+    from stylerig_engine.facemodel import load_default_model
+    from stylerig_engine.params import layout_for_model
+    from stylerig_engine.rig import DFR, RigNet, save_network
+
+    tmp = tmp_path_factory.mktemp("rignet-engine")
+    layout = layout_for_model(load_default_model())
+    torch.manual_seed(0)
+    save_network(DFR(layout, num_ws=14, w_dim=512), tmp / "rig" / "dfr.safetensors")
+    for mode in ("pose", "expression", "illumination"):
+        net = RigNet(mode, layout, num_ws=14, w_dim=512)
+        with torch.no_grad():
+            for prm in net.decoder_out.parameters():
+                prm.normal_(0.0, 0.05)
+        save_network(net, tmp / "rig" / f"rignet-{mode}.safetensors")
+    e = EngineProcess(tmp)
+    e.proc = LocalEngine.start(
+        [sys.executable, "-m", "stylerig_engine"],
+        serve_args(generator="synthetic:64", device="cpu", rignet=str(tmp / "rig"), token_file=str(e.token_file),
+                   extra=["--no-unix"]),
+        log_path=tmp / "engine.log", timeout=120)
+    e.port = int(e.proc.listen["port"])
+    yield e
+    e.stop()
+
+
+def test_rig_drives_the_engines_rignets(rignet_engine, geometry, tmp_path):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    rig = R.build_rig(*geometry, seed=7, psi=0.7)
+    preview = live.LivePreview(rignet_engine.connect, size=SIZE)
+    try:
+        seq = preview.submit(rig, update=True)
+        first = poll_until(preview, lambda r: r is not None)
+        if first.seq != seq or preview.modes_used() != ("pose", "expression", "illumination"):
+            first = poll_until(preview, lambda r: r is not None)  # re-sent with targets once connected
+        assert preview.modes_used() == ("pose", "expression", "illumination")
+        assert "no RigNet" not in preview.status_text()
+        p = R.read_params(rig)
+        with rignet_engine.connect() as c:
+            h = c.new_face(7, 0.7)
+            ref = np.array(c.render(h, {m: p for m in ("pose", "expression", "illumination")}, size=SIZE,
+                                    format="float16", colorspace="linear", origin="bottom"))
+            plain = np.array(c.render(h, size=SIZE, format="float16", colorspace="linear", origin="bottom"))
+        np.testing.assert_array_equal(first.image, ref)
+        assert np.abs(ref.astype(np.float32) - plain.astype(np.float32)).max() > 0.01  # the edit shows
+    finally:
+        preview.close()
+    animate(rig, 3)
+    job = BatchJob.from_scene(bpy.context.scene, rig, tmp_path / "frames", frames=range(1, 4), size=SIZE)
+    with rignet_engine.connect() as c:
+        job.run(c)
+    assert job.status == "done" and job.modes_used == ("pose", "expression", "illumination") and not job.notes
+    a, b = (png.decode_png(job.frame_path(f)).astype(int) for f in (1, 3))
+    assert np.abs(a - b).max() > 5  # the rig's animation reaches the images

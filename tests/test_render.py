@@ -95,6 +95,14 @@ def test_fast_rasteriser_equals_reference(seed, cull):
     assert torch.equal(visibility(screen, faces, (24, 32), cull_backfaces=cull, near=1.0, max_candidates=7), ref)
 
 
+def test_large_batches_are_rasterised_in_groups_with_the_same_result():
+    screen, faces = random_mesh(7, batch=5, size=(300, 300), nt=80)  # 300^2 pixels: groups of 2 images
+    whole = visibility(screen, faces, (300, 300))
+    assert (whole >= 0).sum() > 1000
+    for b in range(5):
+        assert torch.equal(whole[b], visibility(screen[b:b + 1], faces, (300, 300))[0])
+
+
 def test_fast_rasteriser_equals_reference_on_a_head_mesh():
     model = toy_head(12, 16)
     cam = portrait_camera(model.neutral[model.landmarks], 40)

@@ -73,7 +73,7 @@ class MorphableModel:
             (self.albedo_basis.shape[1:] == (v, 3), "albedo_basis must be (K, V, 3)"),
             (len(self.albedo_names) == self.num_albedo, "albedo_names length != albedo_basis"),
             (self.triangles.ndim == 2 and self.triangles.shape[1] == 3, "triangles must be (T, 3)"),
-            (self.triangles.size == 0 or (0 <= self.triangles.min() and self.triangles.max() < v),
+            (self.triangles.size == 0 or (self.triangles.min() >= 0 and self.triangles.max() < v),
              "triangles index outside the vertices"),
             (self.polygon_start.ndim == 1 and self.polygon_start[-1] == len(self.polygon_vertices),
              "polygon_start must end at len(polygon_vertices)"),
@@ -86,7 +86,8 @@ class MorphableModel:
                 raise ModelFormatError(f"model {self.name!r}: {message}")
         for name, mask in self.regions.items():
             if name not in REGIONS or mask.shape != (v,) or mask.dtype != bool:
-                raise ModelFormatError(f"model {self.name!r}: region {name!r} must be a (V,) bool mask named in {REGIONS}")
+                raise ModelFormatError(
+                    f"model {self.name!r}: region {name!r} must be a (V,) bool mask named in {REGIONS}")
 
     # ---- storage: one .npz, no pickled objects -----------------------------------------------------
     _ARRAYS = ("neutral", "identity_basis", "expression_basis", "albedo_mean", "albedo_basis", "triangles",

@@ -66,7 +66,7 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{path}: unknown network kind {desc['kind']!r}")
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
             tensors[k] = f.get_tensor(k).float()
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:

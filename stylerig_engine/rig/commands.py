@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -44,7 +43,11 @@ def register(subparsers) -> None:
     everything.add_argument("--modes", default=",".join(PAPER_MODES), help="comma-separated control modes")
     everything.add_argument("--dfr-steps", type=int, default=1500)
     everything.add_argument("--rignet-steps", type=int, default=1000)
+    everything.add_argument("--rignet-batch", type=int, default=None, help="RigNet batch (default: --batch)")
     everything.add_argument("--eval-count", type=int, default=256)
+    everything.add_argument("--ship", default=None, metavar="DIR",
+                            help="also copy the trained networks (float16), configs and evaluation.json to DIR, "
+                                 "e.g. stylerig_engine/data/rig/synthetic")
     everything.set_defaults(func=_train_all)
 
     ev = subparsers.add_parser("evaluate", help="measure a rig's control accuracy and drift on held-out latents")
@@ -107,17 +110,40 @@ def _train_all(args) -> int:
     dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
-        cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps)
+        cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps,
+                      batch=args.rignet_batch or args.batch)
         train(cfg, resume=args.resume or (out / f"rignet-{mode}.safetensors").exists())
     rig = load_rig(out)
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
                           "dfr_steps": args.dfr_steps, "rignet_steps": args.rignet_steps, "batch": args.batch,
+                          "rignet_batch": args.rignet_batch or args.batch,
                           "seed": args.seed}
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(report))
+    if args.ship:
+        ship_rig(out, Path(args.ship), modes)
+        print(f"shipped the rig to {args.ship}")
     return 0
+
+
+def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
+    """Copy a trained rig for distribution: weights in float16 (half the size; edits change by < 1e-3 of a
+    latent's std), the training configs and the evaluation report."""
+    import torch
+
+    from .checkpoints import load_network, save_network
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ["dfr"] + [f"rignet-{m}" for m in modes]:
+        net = load_network(run / f"{name}.safetensors")
+        save_network(net, dest / f"{name}.safetensors", dtype=torch.float16, extra={"shipped_from": str(run)})
+        config = json.loads((run / f"{name}.config.json").read_text())
+        with atomic_write(dest / f"{name}.config.json", "w") as f:
+            json.dump(config, f, indent=1)
+    with atomic_write(dest / "evaluation.json", "w") as f:
+        f.write((run / "evaluation.json").read_text())
 
 
 def _evaluate(args) -> int:

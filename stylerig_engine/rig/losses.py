@@ -92,7 +92,7 @@ class FaceLoss(torch.nn.Module):
         terms = {}
         if photometric:
             out = self.renderer(params)
-            mask = out.regions[self.region] if self.region in out.regions else out.mask
+            mask = out.regions.get(self.region, out.mask)
             diff = (to_generator_space(out.image) - images) * mask
             per_pixel = (diff.square().sum(1) + 1e-8).sqrt()  # l2 norm over RGB, robust like the paper's
             terms["photometric"] = per_pixel.sum((1, 2)) / mask.sum((1, 2, 3)).clamp_min(1.0)
@@ -147,7 +147,8 @@ def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor
     layout = loss.layout
     blocks = CONTROL_MODES[rignet.mode]
     p_w, p_v = dfr(w), dfr(v)
-    rec = (rignet(w, p_w.detach()) - w).square().sum((1, 2)) / (rignet.normaliser.w_std.square().sum() * len(rignet.layers))
+    scale = rignet.normaliser.w_std.square().sum() * len(rignet.layers)
+    rec = (rignet(w, p_w.detach()) - w).square().sum((1, 2)) / scale
     w_hat = rignet(w, p_v.detach())
     p_hat = dfr(w_hat)
     p_edit = layout.replace(p_v.detach(), p_hat, blocks)

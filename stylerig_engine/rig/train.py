@@ -225,10 +225,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise RuntimeError("TensorBoard logs need the tensorboard extra: pip install 'stylerig[tensorboard]'") from e
+            raise RuntimeError(
+                "TensorBoard logs need the tensorboard extra: pip install 'stylerig[tensorboard]'") from e
         writer = SummaryWriter(str(out / "tb"))
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not progress or rank != 0, unit="step")
-    log = open(out / f"{cfg.name}.log.jsonl", "a") if rank == 0 else None
+    log = open(out / f"{cfg.name}.log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 (closed below)
     t0, samples = time.perf_counter(), 0
     try:
         while step < cfg.steps:

@@ -160,7 +160,10 @@ def _cmd_generate(args) -> int:
         return 1
     options = InferenceOptions(fp16=args.fp16, tf32=args.tf32, channels_last=args.channels_last,
                                compile=args.compile, cuda_graph=args.cuda_graph)
-    runner = FastGenerator(G, options)
+    from .networks import Generator
+
+    # The fast-inference switches belong to our StyleGAN2; other generators (the synthetic world) run as they are.
+    runner = FastGenerator(G, options) if isinstance(G, Generator) else G
     args.out.mkdir(parents=True, exist_ok=True)
     batch = max(1, args.batch) if args.noise_mode != "random" else 1
     seeds = args.seeds

@@ -36,5 +36,6 @@ class SyntheticMapping(nn.Module):
         x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
         for i in range(self.num_layers):
             x = x @ getattr(self, f"weight{i}") + getattr(self, f"bias{i}")
-            x = nn.functional.leaky_relu(x, 0.2) * math.sqrt(2.0) / math.sqrt(1.0 + 0.2 ** 2) if i < self.num_layers - 1 else x
+            if i < self.num_layers - 1:  # variance-preserving leaky ReLU; the last layer is linear
+                x = nn.functional.leaky_relu(x, 0.2) * math.sqrt(2.0 / (1.0 + 0.2 ** 2))
         return x

@@ -82,7 +82,8 @@ class SyntheticParamMap(nn.Module):
         self.register_buffer("sh_pinv", sh_projection[1])  # (9, S) least-squares projection
 
     def normalise(self, ws: torch.Tensor) -> torch.Tensor:
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), f"ws must be (B, {self.num_ws}, {self.w_dim})"
+        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
+            f"ws must be (B, {self.num_ws}, {self.w_dim})"
         return (ws - self.w_avg) / self.w_std
 
     def calibrate(self, w: torch.Tensor) -> None:
@@ -119,7 +120,8 @@ class SyntheticParamMap(nn.Module):
     def _lighting(self, x: torch.Tensor) -> torch.Tensor:
         """Ambient + one distant light of varying direction, strength and colour -> (B, 27) SH coefficients."""
         ambient = 0.65 + 0.15 * torch.tanh(x[:, 0:1])  # (B, 1)
-        d = x[:, 1:4] + torch.tensor([0.0, 0.8, 1.6], dtype=x.dtype, device=x.device)  # favour light from the front/above
+        # favour light from the front and above
+        d = x[:, 1:4] + torch.tensor([0.0, 0.8, 1.6], dtype=x.dtype, device=x.device)
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         strength = 0.7 + 0.35 * torch.tanh(x[:, 4:5])
         light_tint = 1.0 + 0.12 * torch.tanh(x[:, 5:8])
@@ -172,6 +174,7 @@ class SyntheticGenerator(nn.Module):
         self.num_ws = num_ws
         self.img_resolution = resolution
         self.img_channels = 3
+        self.c_dim = 0  # unconditional, like the FFHQ generators
         self.layout = layout_for_model(model)
         self.mapping_network = SyntheticMapping(w_dim, w_dim, seed=seed)
         self.params_map = SyntheticParamMap(self.layout, list(model.expression_names), sh_projection(),
