@@ -40,6 +40,7 @@ class LivePreview:
                                         origin="bottom", slot="viewport", reconnect_interval=reconnect_interval)
         self._last: tuple[bytes, str, tuple[str, ...]] | None = None  # what was submitted last
         self._last_request: tuple[dict, np.ndarray] | None = None
+        self.last_seq: int | None = None  # sequence number of the newest submission (re-submissions included)
         self._engine_modes: tuple[str, ...] | None = None
         self._arrivals: deque[float] = deque(maxlen=30)
         self.latency: float | None = None
@@ -73,7 +74,8 @@ class LivePreview:
             return None
         self._last = key
         self._last_request = (face, p)
-        return self.stream.submit(face, targets(p, modes) if modes else None)
+        self.last_seq = self.stream.submit(face, targets(p, modes) if modes else None)
+        return self.last_seq
 
     # ---- poll -> pixels -----------------------------------------------------------------------------------
     def poll(self) -> RenderResult | None:

@@ -454,10 +454,10 @@ def test_rig_drives_the_engines_rignets(rignet_engine, geometry, tmp_path):
     rig = R.build_rig(*geometry, seed=7, psi=0.7)
     preview = live.LivePreview(rignet_engine.connect, size=SIZE)
     try:
-        seq = preview.submit(rig, update=True)
-        first = poll_until(preview, lambda r: r is not None)
-        if first.seq != seq or preview.modes_used() != ("pose", "expression", "illumination"):
-            first = poll_until(preview, lambda r: r is not None)  # re-sent with targets once connected
+        preview.submit(rig, update=True)
+        # the first request may go out before the engine's RigNets are known; polling re-sends it with targets
+        first = poll_until(preview, lambda r: r is not None and r.seq == preview.last_seq
+                           and preview.modes_used() == ("pose", "expression", "illumination"))
         assert preview.modes_used() == ("pose", "expression", "illumination")
         assert "no RigNet" not in preview.status_text()
         p = R.read_params(rig)

@@ -439,7 +439,8 @@ def test_safetensors_roundtrip_and_convert_command(tmp_path, fake):
 
     with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
         meta = f.metadata()
-    assert meta["stylerig.format"] == "stylegan2-generator" and json.loads(meta["stylerig.config"])["img_resolution"] == 16
+    assert meta["stylerig.format"] == "stylegan2-generator"
+    assert json.loads(meta["stylerig.config"])["img_resolution"] == 16
 
 
 def test_load_generator_specs(monkeypatch):

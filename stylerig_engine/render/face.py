@@ -103,8 +103,8 @@ class FaceRenderer(torch.nn.Module):
 
     def albedo(self, params: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, V, 3) linear RGB in [0, 1]."""
-        alb = self.albedo_mean + (self.layout.split(params)["albedo"] @ self.albedo_basis).view(-1, self.num_vertices, 3)
-        return alb.clamp(0.0, 1.0)
+        offs = self.layout.split(params)["albedo"] @ self.albedo_basis
+        return (self.albedo_mean + offs.view(-1, self.num_vertices, 3)).clamp(0.0, 1.0)
 
     def geometry(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) -> posed (B, V, 3) world-frame vertices and their (B, V, 3) vertex normals."""

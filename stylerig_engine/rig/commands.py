@@ -25,6 +25,8 @@ def register(subparsers) -> None:
         p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         p.add_argument("--model", default=None, help="morphable model name or .npz (default: ICT)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads per process (1 is often fastest on small, shared machines)")
 
     dfr = kinds.add_parser("dfr", help="train DFR (latent -> face parameters), self-supervised")
     common(dfr)
@@ -57,6 +59,7 @@ def register(subparsers) -> None:
     ev.add_argument("--psi", type=float, default=0.8)
     ev.add_argument("--json", default=None, help="write the full report here")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.set_defaults(func=_evaluate)
 
 
@@ -70,9 +73,17 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(set(out))
 
 
+def _set_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _config(args, net: str, **overrides):
     from .train import TrainConfig
 
+    _set_threads(args)
     defaults = {"dfr": dict(steps=1500, lr=1e-3), "rignet": dict(steps=1000, lr=3e-4)}[net]
     kw = dict(net=net, out=args.out, batch=args.batch, seed=args.seed, tensorboard=args.tensorboard,
               device=args.device, model=args.model, steps=args.steps or defaults["steps"],
@@ -99,6 +110,7 @@ def _train_all(args) -> int:
     from .evaluate import evaluate, format_table
     from .train import train
 
+    _set_threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     generator = resolve_generator(args.generator)
@@ -151,6 +163,7 @@ def _evaluate(args) -> int:
     from .editing import load_rig
     from .evaluate import evaluate, format_table
 
+    _set_threads(args)
     rig = load_rig(args.rig, args.device)
     generator = resolve_generator(args.generator, device=args.device)
     report = evaluate(rig, generator, count=args.count, psi=args.psi)
