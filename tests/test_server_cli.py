@@ -116,5 +116,5 @@ def test_serve_reports_a_bad_generator(tmp_path):
         env=env,
         timeout=60,
     )
-    assert res.returncode == 1 and "RigNet loading is not implemented" in res.stderr
+    assert res.returncode == 1 and "no dfr.safetensors" in res.stderr
     assert not (tmp_path / "t").exists()

@@ -214,7 +214,7 @@ def test_missing_dfr_and_rignet_are_clear_errors():
         e.render([h], {"pose": np.zeros(e.layout.dim)})
     with pytest.raises(EngineError, match="unknown control mode"):
         e.render([h], {"smile": np.zeros(e.layout.dim)})
-    with pytest.raises(NotAvailable, match="not implemented"):
+    with pytest.raises(NotAvailable, match="no dfr.safetensors"):
         load_rig("/nonexistent/rig")
     assert e.info()["fit"] is False and e.info()["edit_modes"] == []
 
