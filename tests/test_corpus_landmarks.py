@@ -51,7 +51,7 @@ def test_fan_adapter_picks_the_largest_face_and_marks_misses(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "face_alignment", fake_face_alignment(calls))
     build(tmp_path, landmarks="fan", count=3, batch=3, size=16)
     assert calls[0] == ("init", "2D", "cpu")
-    assert calls[1][:2] == ("batch", (3, 3, 32, 32)) and 0 <= calls[1][2] and calls[1][3] <= 255
+    assert calls[1][:2] == ("batch", (3, 3, 32, 32)) and calls[1][2] >= 0 and calls[1][3] <= 255
     lm = all_arrays(tmp_path)["landmarks"]
     big = np.stack([np.linspace(2, 29, 68), np.linspace(3, 28, 68)], -1)
     np.testing.assert_allclose(lm[0], (big + 0.5) * 0.5 - 0.5, atol=1e-5)  # the larger face, at 16 px

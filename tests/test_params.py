@@ -91,3 +91,18 @@ def test_rotation_convention():
     r = rotation_matrix(torch.randn(5, 3))
     assert torch.allclose(r @ r.transpose(-1, -2), torch.eye(3).expand(5, 3, 3), atol=1e-5)
     assert torch.allclose(torch.linalg.det(r), torch.ones(5), atol=1e-5)
+
+
+def test_the_code_passes_the_linter():
+    """The project's ruff configuration holds for the whole tree (configuration in pyproject.toml)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([ruff, "check", "--quiet", "."], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -224,7 +224,7 @@ def load_state(root: Path, config: CorpusConfig, generator_info: dict) -> dict[i
     docs += [(p, mf.read_json(p)) for p in mf.part_files(root)]
     want = config.identity()
     candidates: dict[int, list[dict]] = {}
-    for path, doc in docs:
+    for _path, doc in docs:
         if doc is None:
             continue
         if diff := _differences(doc.get("config", {}), want):
