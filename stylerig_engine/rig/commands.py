@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     everything.add_argument("--generator", default="synthetic:64", help="generator spec (default synthetic:64)")
     everything.add_argument("--count", type=int, default=4000, help="corpus samples")
     everything.add_argument("--psi", type=float, default=0.8)
+    everything.add_argument("--mixing", type=int, default=5,
+                            help="style mixing: up to this many latents per corpus sample (1 = none). DFR must see "
+                                 "layer-wise different latents to read each layer's meaning, as RigNet edits need")
     everything.add_argument("--modes", default=",".join(PAPER_MODES), help="comma-separated control modes")
     everything.add_argument("--dfr-steps", type=int, default=1500)
     everything.add_argument("--rignet-steps", type=int, default=1000)
@@ -117,7 +120,7 @@ def _train_all(args) -> int:
     size = generator.img_resolution
     corpus_dir = out / "corpus"
     build_corpus(CorpusConfig(generator=args.generator, count=args.count, size=size, psi=args.psi,
-                              seed=args.seed), corpus_dir, generator=generator)
+                              mixing=args.mixing, seed=args.seed), corpus_dir, generator=generator)
     dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.dfr_steps)
     dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -129,7 +132,7 @@ def _train_all(args) -> int:
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
                           "dfr_steps": args.dfr_steps, "rignet_steps": args.rignet_steps, "batch": args.batch,
-                          "rignet_batch": args.rignet_batch or args.batch,
+                          "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed}
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(report, f, indent=1)
