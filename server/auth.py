@@ -10,6 +10,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from stylerig_engine.fileio import atomic_write
+
 TOKEN_BYTES = 32
 
 
@@ -52,23 +54,13 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def write_token_file(path: str | os.PathLike, token: str) -> Path:
-    """Write `token` to `path`, readable by this user only (0600), atomically: a temporary file created 0600
-    with O_EXCL beside it is renamed into place, so no other user ever sees a readable token file."""
+    """Write `token` to `path`, readable by this user only (0600), atomically: the temporary file beside it is
+    created 0600 (mkstemp, O_EXCL) before anything is written and renamed into place, so no other user ever
+    sees a readable token file."""
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600, O_EXCL
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o600)
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", permissions=0o600) as f:
+        f.write(token + "\n")
     return path
 
 
