@@ -8,8 +8,6 @@ import sys
 
 
 def register(subparsers) -> None:
-    from .landmarks import detector_names
-
     p = subparsers.add_parser(
         "corpus",
         help="sample a training corpus of (W+, image, landmarks) from a frozen generator",
@@ -27,9 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=500, help="samples per shard (default 500)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample i's seed derives from (seed, i)")
     p.add_argument("--out", required=True, help="corpus directory")
-    p.add_argument("--landmarks", default="auto", choices=["auto", *detector_names()],
-                   help="68-point landmarks: exact (the generator's own), fan (face-alignment), none; auto = "
-                        "exact when the generator has them, else none")
+    # Not argparse choices: detectors may be registered at run time, and listing them would import torch here.
+    p.add_argument("--landmarks", default="auto",
+                   help="68-point landmarks: exact (the generator's own), fan (face-alignment), none, or a registered "
+                        "detector; auto = exact when the generator has them, else none")
     p.add_argument("--batch", type=int, default=16, help="samples per generator call (default 16)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--no-verify", action="store_true", help="on resume, trust finished shards of the right size "
