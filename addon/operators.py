@@ -458,9 +458,7 @@ CLASSES: tuple[Any, ...] = (
 )
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def unregister() -> None:
@@ -468,5 +466,4 @@ def unregister() -> None:
     if BatchState.job is not None:
         BatchState.job.cancel()
     SESSION.stop_local()
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

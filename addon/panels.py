@@ -111,11 +111,4 @@ class STYLERIG_PT_image(bpy.types.Panel):
 CLASSES = (STYLERIG_PT_engine, STYLERIG_PT_rig, STYLERIG_PT_live, STYLERIG_PT_animation, STYLERIG_PT_image)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

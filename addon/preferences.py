@@ -88,11 +88,4 @@ def engine_settings(context=None) -> EngineSettings:
 CLASSES = (StylerigPreferences,)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

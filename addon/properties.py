@@ -34,16 +34,17 @@ class StylerigSceneSettings(bpy.types.PropertyGroup):
 CLASSES = (StylerigSceneSettings,)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
 def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.stylerig = PointerProperty(type=StylerigSceneSettings)  # type: ignore[attr-defined]
 
 
 def unregister() -> None:
     del bpy.types.Scene.stylerig  # type: ignore[attr-defined]
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
 
 
 def settings(context) -> StylerigSceneSettings:
