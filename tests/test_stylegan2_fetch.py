@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from range_server import send_with_range
 from test_stylegan2_loaders import FakeNvidiaModules, same_outputs, tiny_generator, write_nvidia_pickle
 
 from stylerig_engine.cli import main
@@ -28,21 +28,7 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
-        start = 0
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
+        send_with_range(self, data)
 
     def log_message(self, *args):
         pass
