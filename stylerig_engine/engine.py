@@ -56,7 +56,7 @@ class UnknownHandle(EngineError):
     code = "unknown_handle"
 
 
-def load_rig(directory) -> tuple[Callable, Callable]:
+def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, Callable]:
     """(fit, edit) from a trained DFR + RigNet directory: the hook `stylerig serve --rignet DIR` calls.
 
     "shipped" names the rig trained on the synthetic world that ships with the engine."""
@@ -65,15 +65,15 @@ def load_rig(directory) -> tuple[Callable, Callable]:
 
     path = SHIPPED_RIG if str(directory) == "shipped" else directory
     try:
-        rig = load_rig_networks(path)
+        rig = load_rig_networks(path, device)
     except (CheckpointError, FileNotFoundError) as e:
         raise NotAvailable(f"cannot load DFR/RigNet from {str(directory)!r}: {e}") from e
 
-    def edit(ws, targets):
-        return rig.to(ws.device).edit_many(ws, targets)
-
     def fit(ws):
-        return rig.to(ws.device).fit(ws)
+        return rig.fit(ws)
+
+    def edit(ws, targets):
+        return rig.edit_many(ws, targets)
 
     fit.layout = edit.layout = rig.layout  # type: ignore[attr-defined]
     edit.modes = rig.modes  # type: ignore[attr-defined]
@@ -518,7 +518,7 @@ def build_engine(
         layout = layout_for_model(face_model)
     fit = edit = None
     if rignet is not None:
-        fit, edit = load_rig(rignet)
+        fit, edit = load_rig(rignet, device)
     elif oracle_fit:
         true_params = getattr(generator, "true_params", None)
         if true_params is None:

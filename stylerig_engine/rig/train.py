@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from ..corpus import Corpus, epoch_order
+from ..facemodel import DEFAULT_MODEL_NAME, load_model
 from ..fileio import atomic_write
 from ..params import PAPER_MODES, layout_for_model
 from ..render.face import FaceRenderer
@@ -149,12 +150,6 @@ def latent_statistics(corpus: Corpus, count: int = 1000) -> torch.Tensor:
 
 
 # ---- the run --------------------------------------------------------------------------------------------
-def _load_model(name: str | None):
-    from ..facemodel import load_default_model, load_model
-
-    return load_default_model() if name is None else load_model(name)
-
-
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
     tensors = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
     for i, state in optimizer.state_dict()["state"].items():
@@ -195,7 +190,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         raise FileExistsError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
     torch.manual_seed(cfg.seed)
     corpus = Corpus(cfg.corpus)
-    model = _load_model(cfg.model)
+    model = load_model(cfg.model or DEFAULT_MODEL_NAME)
     layout = layout_for_model(model)
     generator_info = corpus.generator
     num_ws, w_dim = int(generator_info["num_ws"]), int(generator_info["w_dim"])
