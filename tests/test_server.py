@@ -354,6 +354,15 @@ def hold(r: Running):
     return gen.gate, gen.entered
 
 
+def wait_stats(r: Running, done, timeout: float = 10) -> None:
+    """Wait until `done(worker stats)` holds. Requests on other connections (or still in a socket buffer)
+    reach the worker in any order, so a test that needs a given queue state must see it first."""
+    deadline = time.monotonic() + timeout
+    while not done(r.server.worker.stats()):
+        assert time.monotonic() < deadline, f"worker never reached the state: {r.server.worker.stats()}"
+        time.sleep(0.005)
+
+
 def test_latest_wins_per_client_and_every_request_is_answered_once(serve):
     r = serve()
     c = r.client()
@@ -363,6 +372,7 @@ def test_latest_wins_per_client_and_every_request_is_answered_once(serve):
     assert entered.wait(5)  # the worker is inside the generator with `first`
     queued = [c.render_async(h, size=s) for s in (17, 18, 19)]
     other_slot = c.render_async(h, size=20, slot="thumbnail")
+    wait_stats(r, lambda s: s["superseded"] == 2 and s["queued_renders"] == 2)
     gate.set()
     assert first.result(10).header["ok"]
     for stale in queued[:2]:
@@ -384,7 +394,7 @@ def test_renders_from_several_clients_share_one_generator_call(serve):
     blocker = clients[0].render_async(handles[0])
     assert entered.wait(5)
     pending = [c.render_async(h, size=12 + i) for i, (c, h) in enumerate(zip(clients, handles))]
-    time.sleep(0.1)
+    wait_stats(r, lambda s: s["queued_renders"] == 4)
     r.engine.generator.batches.clear()
     gate.set()
     blocker.result(10)
@@ -403,8 +413,10 @@ def test_full_queues_answer_busy(serve):
     running = a.render_async(h)
     assert entered.wait(5)
     qa, qb = a.render_async(h), b.render_async(h)
+    wait_stats(r, lambda s: s["queued_renders"] == 2)
     expect_error("busy", c.render, h)
     jobs = [a.submit("new_face", seed=i) for i in range(2)]
+    wait_stats(r, lambda s: s["queued_jobs"] == 2)
     expect_error("busy", a.new_face, 5)
     gate.set()
     for p in [running, qa, qb, *jobs]:
