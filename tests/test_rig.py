@@ -66,10 +66,18 @@ def test_rignet_starts_as_identity_and_only_touches_its_layers(layout):
         net(torch.randn(3, 12, 512), target)
 
 
-def test_dfr_starts_at_the_prior_mean(layout):
-    dfr = DFR(layout, num_ws=14, w_dim=512)
-    p = dfr(torch.randn(2, 14, 512))
-    assert torch.allclose(p, torch.as_tensor(layout.prior_mean).expand(2, -1))
+@pytest.mark.parametrize("layer_code", [0, 16])
+def test_dfr_starts_at_the_prior_mean_and_roundtrips(layout, layer_code, tmp_path):
+    dfr = DFR(layout, num_ws=14, w_dim=512, layer_code=layer_code)
+    ws = torch.randn(2, 14, 512)
+    assert torch.allclose(dfr(ws), torch.as_tensor(layout.prior_mean).expand(2, -1))
+    torch.nn.init.normal_(dfr.net[-1].weight, std=0.01)
+    save_network(dfr, tmp_path / "dfr.safetensors")
+    again = load_network(tmp_path / "dfr.safetensors")
+    assert again.layer_code == layer_code and (again.encoder is None) == (layer_code == 0)
+    assert torch.allclose(again(ws), dfr(ws), atol=1e-6)
+    # the per-layer code reads every W+ layer on its own: changing one layer changes the output
+    assert not torch.allclose(dfr(ws), dfr(ws.index_fill(1, torch.tensor([13]), 0.0)))
 
 
 def test_checkpoint_roundtrip_and_errors(layout, tmp_path):
@@ -126,7 +134,8 @@ def test_training_is_deterministic_resumable_and_learns(corpus, tmp_path):
     from stylerig_engine.rig.train import TrainConfig, train
 
     root, _ = corpus
-    common = dict(net="dfr", corpus=str(root), batch=8, lr=3e-3, log_every=1, hidden=64)
+    # constant lr: the cosine schedule depends on the total steps, which this test changes on resume
+    common = dict(net="dfr", corpus=str(root), batch=8, lr=3e-3, log_every=1, hidden=64, lr_schedule="constant")
     full = train(TrainConfig(out=str(tmp_path / "a"), steps=6, **common), progress=False)
     first = train(TrainConfig(out=str(tmp_path / "b"), steps=3, checkpoint_every=3, **common), progress=False)
     resumed = train(TrainConfig(out=str(tmp_path / "b"), steps=6, **common), progress=False, resume=True)
@@ -154,6 +163,19 @@ def test_training_is_deterministic_resumable_and_learns(corpus, tmp_path):
         train(TrainConfig(out=str(tmp_path / "a"), steps=6, **common), progress=False)
     with pytest.raises(ValueError, match="different configuration"):
         train(TrainConfig(out=str(tmp_path / "b"), steps=8, **{**common, "lr": 1e-2}), progress=False, resume=True)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from stylerig_engine.rig.train import TrainConfig
+
+    cfg = TrainConfig(net="dfr", corpus="c", out="o", steps=1000, lr=1e-3, warmup=0.02)
+    lrs = [cfg.learning_rate(s) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-3 / 20) and lrs[19] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))  # non-increasing after the warm-up
+    assert lrs[20 + 490] == pytest.approx(5e-4) and lrs[-1] < 1e-8
+    assert TrainConfig(net="dfr", corpus="c", out="o", lr_schedule="constant").learning_rate(7) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(net="dfr", corpus="c", out="o", lr_schedule="step")
 
 
 def test_rignet_training_step_and_evaluation(corpus, tmp_path):

@@ -25,7 +25,7 @@ def save_network(net: DFR | RigNet, path: str | os.PathLike, *, extra: dict | No
                  dtype: torch.dtype = torch.float32) -> None:
     """Write `net` (weights in `dtype`, buffers in float32) with everything needed to rebuild it."""
     if isinstance(net, DFR):
-        desc = dict(kind="dfr", hidden=net.net[0].out_features)
+        desc = dict(kind="dfr", hidden=net.net[0].out_features, layer_code=net.layer_code)
     else:
         desc = dict(kind="rignet", mode=net.mode, layers=list(net.layers), latent_dim=net.encoder.weight.shape[-1],
                     hidden=net.decoder_hidden.weight.shape[-1])
@@ -58,7 +58,8 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     desc = read_description(path)
     layout = ParamLayout.from_description(desc["layout"])
     if desc["kind"] == "dfr":
-        net: DFR | RigNet = DFR(layout, num_ws=desc["num_ws"], w_dim=desc["w_dim"], hidden=desc["hidden"])
+        net: DFR | RigNet = DFR(layout, num_ws=desc["num_ws"], w_dim=desc["w_dim"], hidden=desc["hidden"],
+                               layer_code=desc.get("layer_code", 0))
     elif desc["kind"] == "rignet":
         net = RigNet(desc["mode"], layout, num_ws=desc["num_ws"], w_dim=desc["w_dim"], layers=tuple(desc["layers"]),
                      latent_dim=desc["latent_dim"], hidden=desc["hidden"])

@@ -19,7 +19,9 @@ def register(subparsers) -> None:
         p.add_argument("--out", required=True, help="run directory for checkpoints, config and logs")
         p.add_argument("--steps", type=int, default=None, help="optimisation steps")
         p.add_argument("--batch", type=int, default=32, help="global batch size")
-        p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+        p.add_argument("--lr", type=float, default=None, help="Adam learning rate (peak of the schedule)")
+        p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                       help="cosine: warm-up then cosine decay to 0 (default); constant")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
         p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
@@ -30,6 +32,8 @@ def register(subparsers) -> None:
 
     dfr = kinds.add_parser("dfr", help="train DFR (latent -> face parameters), self-supervised")
     common(dfr)
+    dfr.add_argument("--layer-code", type=int, default=64,
+                     help="per-W+-layer code width of DFR's first layer (0: one MLP on the flat W+, as the paper)")
     dfr.set_defaults(func=_train_one, net="dfr")
     rig = kinds.add_parser("rignet", help="train the RigNet of one control mode against a trained DFR")
     common(rig)
@@ -47,6 +51,7 @@ def register(subparsers) -> None:
                                  "layer-wise different latents to read each layer's meaning, as RigNet edits need")
     everything.add_argument("--modes", default=",".join(PAPER_MODES), help="comma-separated control modes")
     everything.add_argument("--dfr-steps", type=int, default=1500)
+    everything.add_argument("--layer-code", type=int, default=64, help="DFR's per-W+-layer code width (0: flat MLP)")
     everything.add_argument("--rignet-steps", type=int, default=1000)
     everything.add_argument("--rignet-batch", type=int, default=None, help="RigNet batch (default: --batch)")
     everything.add_argument("--eval-count", type=int, default=256)
@@ -90,7 +95,9 @@ def _config(args, net: str, **overrides):
     defaults = {"dfr": dict(steps=1500, lr=1e-3), "rignet": dict(steps=1000, lr=3e-4)}[net]
     kw = dict(net=net, out=args.out, batch=args.batch, seed=args.seed, tensorboard=args.tensorboard,
               device=args.device, model=args.model, steps=args.steps or defaults["steps"],
-              lr=args.lr or defaults["lr"])
+              lr=args.lr or defaults["lr"], lr_schedule=args.lr_schedule)
+    if net == "dfr":
+        kw["layer_code"] = args.layer_code
     kw.update(overrides)
     return TrainConfig(**kw)
 

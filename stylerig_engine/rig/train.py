@@ -12,6 +12,7 @@ averages gradients, so N processes follow the same trajectory as one process wit
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,9 +44,13 @@ class TrainConfig:
       dfr: DFR checkpoint a RigNet is trained against (frozen).
       steps: optimisation steps.
       batch: global batch size (split across ranks).
-      lr: Adam learning rate.
+      lr: Adam learning rate (the peak, for the cosine schedule).
+      lr_schedule: "cosine" (linear warm-up over the first `warmup` of the steps, then cosine decay to 0;
+        a function of the step, so resumed runs follow it exactly) or "constant".
+      warmup: fraction of the steps spent warming up (cosine schedule).
       seed: makes the run deterministic (initialisation and data order).
       hidden: hidden width of the network.
+      layer_code: DFR's per-layer code width (0: the paper's MLP on the flat W+; see networks.DFR).
       model: morphable model name or .npz path (default: the default ICT model).
       loss: LossWeights fields.
       rignet_loss: RigNetLossWeights fields.
@@ -64,8 +69,11 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 32
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup: float = 0.02
     seed: int = 0
     hidden: int = 256
+    layer_code: int = 64
     model: str | None = None
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
     rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
@@ -81,6 +89,18 @@ class TrainConfig:
             raise ValueError("a RigNet run needs --mode and --dfr (a trained DFR checkpoint)")
         if self.steps < 1 or self.batch < 2 or self.lr <= 0:
             raise ValueError("steps must be >= 1, batch >= 2 and lr > 0")
+        if self.lr_schedule not in ("cosine", "constant") or not 0 <= self.warmup < 1:
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant' and warmup in [0, 1), got "
+                             f"{self.lr_schedule!r}, {self.warmup}")
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of 0-based step `step`."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        warm = max(1, round(self.warmup * self.steps))
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
 
     @property
     def name(self) -> str:
@@ -197,7 +217,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     renderer = FaceRenderer(region_model(model), layout, image_size=corpus.resolution, device=device)
     loss = FaceLoss(renderer, LossWeights(**cfg.loss)).to(device)
     if cfg.net == "dfr":
-        net: DFR | RigNet = DFR(layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden)
+        net: DFR | RigNet = DFR(layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden, layer_code=cfg.layer_code)
         dfr = None
     else:
         net = RigNet(cfg.mode, layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden,
@@ -240,6 +260,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             _average_gradients(net.parameters())
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate(step)
             optimizer.step()
             step += 1
             samples += cfg.batch
@@ -248,7 +270,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", samples_s=f"{rate:.1f}")
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    log.write(json.dumps({"step": step, **stats, "samples_per_s": rate}) + "\n")
+                    log.write(json.dumps({"step": step, **stats, "lr": cfg.learning_rate(step - 1),
+                                          "samples_per_s": rate}) + "\n")
                     log.flush()
                     if writer:
                         for k, v in stats.items():
