@@ -21,11 +21,22 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _is_tensor(x) -> bool:
+    """Whether x is a torch tensor, without importing torch (numpy-only callers such as `stylerig --help`
+    and the Blender side never pay for it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
 
 BLOCKS = ("identity", "albedo", "expression", "rotation", "translation", "illumination")
 CONTROL_MODES: dict[str, tuple[str, ...]] = {
@@ -91,7 +102,9 @@ class ParamLayout:
         if missing:
             raise ParamError(f"missing parameter blocks {missing}")
         parts = [blocks[n] for n, _ in self.sizes]
-        if isinstance(parts[0], torch.Tensor):
+        if _is_tensor(parts[0]):
+            import torch
+
             return torch.cat(parts, dim=-1)
         return np.concatenate(parts, axis=-1)
 
@@ -100,7 +113,9 @@ class ParamLayout:
         self.check(p)
         self.check(source)
         m = self.mask(blocks)
-        if isinstance(p, torch.Tensor):
+        if _is_tensor(p):
+            import torch
+
             mt = torch.as_tensor(m, device=p.device)
             return torch.where(mt, source, p)
         return np.where(m, source, p)
@@ -120,7 +135,7 @@ class ParamLayout:
             return p
         s = self.slice("expression")
         lo, hi = self.expression_range
-        if isinstance(p, torch.Tensor):
+        if _is_tensor(p):
             p = p.clone()
             p[..., s] = p[..., s].clamp(lo, hi)
         else:
@@ -131,7 +146,9 @@ class ParamLayout:
     def normalise(self, p):
         """(p - mean) / std: errors in units of prior standard deviations."""
         mean, std = self.prior_mean, self.prior_std
-        if isinstance(p, torch.Tensor):
+        if _is_tensor(p):
+            import torch
+
             mean, std = (torch.as_tensor(a, dtype=p.dtype, device=p.device) for a in (mean, std))
         return (p - mean) / std
 
@@ -241,6 +258,8 @@ def layout_for_model(model, *, num_identity: int | None = DEFAULT_NUM_IDENTITY,
 
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
     """(..., 3) (pitch, yaw, roll) radians -> (..., 3, 3) R = Rz(roll) @ Ry(yaw) @ Rx(pitch)."""
+    import torch
+
     pitch, yaw, roll = angles.unbind(-1)
     one, zero = torch.ones_like(pitch), torch.zeros_like(pitch)
     cx, sx, cy, sy, cz, sz = pitch.cos(), pitch.sin(), yaw.cos(), yaw.sin(), roll.cos(), roll.sin()

@@ -36,6 +36,17 @@ def test_commands_are_registered():
     assert "weights" in help_text and "generate" in help_text
 
 
+def test_the_command_line_starts_without_importing_torch():
+    """Every subcommand registers without torch (1-3 s to import), so `stylerig --help` and typos answer at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stylerig_engine.cli import build_parser; build_parser().format_help(); "
+            "import stylerig_engine.params, stylerig_engine.rig; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_generate_writes_pngs_and_wplus_latents(tmp_path, batch):
     G = tiny_generator()

@@ -1,8 +1,22 @@
-"""StyleRig's networks: DFR (W+ -> face parameters) and RigNets (W+ + target parameters -> edited W+)."""
+"""StyleRig's networks: DFR (W+ -> face parameters) and RigNets (W+ + target parameters -> edited W+).
 
-from .checkpoints import CheckpointError, load_network, save_network
-from .editing import COMPOSITION_ORDER, SHIPPED_RIG, Rig, load_rig
-from .networks import DFR, RigNet, default_layers
+Names are imported on first use, so that `stylerig --help` and other commands don't pay for importing torch.
+"""
 
-__all__ = ["COMPOSITION_ORDER", "CheckpointError", "DFR", "Rig", "RigNet", "SHIPPED_RIG", "default_layers",
-           "load_network", "load_rig", "save_network"]
+from importlib import import_module
+
+_WHERE = {
+    "checkpoints": ("CheckpointError", "load_network", "save_network"),
+    "editing": ("COMPOSITION_ORDER", "SHIPPED_RIG", "Rig", "load_rig"),
+    "networks": ("DFR", "RigNet", "default_layers"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
