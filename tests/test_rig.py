@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylerig_engine.params import layout_for_model
+from stylerig_engine.params import CONTROL_MODES, layout_for_model
 from stylerig_engine.rig import DFR, CheckpointError, Rig, RigNet, default_layers, load_network, save_network
 
 facemodel = pytest.importorskip("stylerig_engine.facemodel")
@@ -235,3 +235,26 @@ def test_engine_serves_a_rig_directory(layout, tmp_path):
     assert torch.allclose(edit(ws, {"pose": target}), net(ws, target), atol=1e-6)
     with pytest.raises(NotAvailable, match="no dfr.safetensors"):
         load_rig(tmp_path / "missing")
+
+
+def test_shipped_rig_reproduces_its_evaluation():
+    """The committed checkpoints are the ones their evaluation.json describes: the same metrics on the first
+    64 of the same held-out latents land close to the report's, and every RigNet keeps other blocks better
+    than copying its layers does."""
+    from stylerig_engine.rig import SHIPPED_RIG, load_rig
+    from stylerig_engine.rig.evaluate import evaluate
+    from stylerig_engine.synthetic import make_synthetic
+
+    claimed = json.loads((SHIPPED_RIG / "evaluation.json").read_text())
+    rig = load_rig(SHIPPED_RIG)
+    assert sorted(rig.modes) == sorted(claimed["modes"])
+    report = evaluate(rig, make_synthetic(claimed["training"]["generator"]), count=64, psi=claimed["psi"],
+                      seed=claimed["seed"], image_metrics=False)
+    for block, row in report["dfr"].items():
+        assert row["mean"] == pytest.approx(claimed["dfr"][block]["mean"], rel=0.25), block
+    for mode, rows in report["modes"].items():
+        for block, row in rows["rignet"]["control"].items():
+            assert row["mean"] == pytest.approx(claimed["modes"][mode]["rignet"]["control"][block]["mean"], rel=0.25)
+        assert rows["rignet"]["drift_mean"] < rows["naive"]["drift_mean"]
+        assert rows["rignet"]["control"][CONTROL_MODES[mode][0]]["mean"] <= rows["no_edit"]["control"][
+            CONTROL_MODES[mode][0]]["mean"]
