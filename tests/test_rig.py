@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,6 +179,31 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         TrainConfig(net="dfr", corpus="c", out="o", lr_schedule="step")
 
 
+def test_observable_errors_measure_geometry_and_shading(model, layout):
+    from stylerig_engine.render.shading import sh_directional
+    from stylerig_engine.rig.evaluate import ObservableErrors
+
+    errors = ObservableErrors(model, layout)
+    p = torch.as_tensor(layout.prior_mean, dtype=torch.float32).repeat(3, 1)
+    p[:, layout.slice("illumination")] = sh_directional((0.3, 0.4, 1.0), intensity=0.6, ambient=0.5)
+    q = p.clone()
+    k = list(model.expression_names).index("jawOpen")
+    q[1, layout.slice("expression").start + k] += 0.5
+    q[2, layout.slice("illumination").start:layout.slice("illumination").start + 3] *= 1.2  # ambient 20 % up
+    out = errors(q, p)
+    assert out["expression_mm"][0] == 0 and out["shading"][0] == 0
+    skin = model.regions["face_skin"]
+    jaw = np.linalg.norm(model.expression_basis[k][skin], axis=-1)
+    assert float(out["expression_mm"][1]) == pytest.approx(10 * 0.5 * np.sqrt((jaw ** 2).mean()), rel=1e-4)
+    assert out["shading"][1] == 0 and out["expression_mm"][2] == 0
+    # gamma_0 up 20 % adds 0.2 gamma_0 to the irradiance of every normal: relative to the mean irradiance
+    from stylerig_engine.render.shading import sh_coefficients, sh_shade
+
+    sh = sh_coefficients(p[:1, layout.slice("illumination")].double())
+    mean = sh_shade(errors.normals[None], sh[:, None]).mean()
+    assert float(out["shading"][2]) == pytest.approx(float(0.2 * sh[0, 0, 0] / mean), rel=1e-4)
+
+
 def test_rignet_training_step_and_evaluation(corpus, tmp_path):
     from stylerig_engine.rig import load_rig
     from stylerig_engine.rig.evaluate import evaluate, format_table
@@ -197,6 +223,8 @@ def test_rignet_training_step_and_evaluation(corpus, tmp_path):
     assert rows["no_edit"]["drift_mean"] == 0.0 and rows["no_edit"]["outside_face_change"] == 0.0
     assert rows["naive"]["drift_mean"] > 0.05  # copying the middle layers disturbs other blocks
     assert "rotation" in report["dfr"] and report["estimate"].startswith("exact")
+    assert set(report["dfr_observable"]) == {"expression_mm", "shading"}
+    assert rows["no_edit"]["control_observable"]["expression_mm"]["median"] > 0
     assert "expression" in format_table(report)
 
 
