@@ -140,7 +140,8 @@ def _train_all(args) -> int:
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
                           "dfr_steps": args.dfr_steps, "rignet_steps": args.rignet_steps, "batch": args.batch,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
-                          "seed": args.seed}
+                          "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr,
+                          "lr_schedule": args.lr_schedule}
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(report))
