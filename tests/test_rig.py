@@ -81,6 +81,11 @@ def test_dfr_starts_at_the_prior_mean_and_roundtrips(layout, layer_code, tmp_pat
     assert not torch.allclose(dfr(ws), dfr(ws.index_fill(1, torch.tensor([13]), 0.0)))
 
 
+def test_dfr_refuses_a_negative_layer_code(layout):
+    with pytest.raises(ValueError, match="layer_code must be >= 0"):
+        DFR(layout, num_ws=14, w_dim=512, layer_code=-1)
+
+
 def test_checkpoint_roundtrip_and_errors(layout, tmp_path):
     net = RigNet("illumination", layout, num_ws=14, w_dim=512, layers=(9, 10))
     torch.nn.init.normal_(net.decoder_out.weight)

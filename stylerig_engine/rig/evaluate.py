@@ -56,20 +56,23 @@ class ObservableErrors:
         normals = vertex_normals(torch.as_tensor(model.neutral)[None], torch.as_tensor(model.triangles).long())[0]
         self.normals = normals[skin].double()  # (V_skin, 3)
 
-    def __call__(self, p: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
+    def expression_mm(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        de = self.layout.split(p - q)["expression"].double().cpu()
+        offsets = torch.einsum("bk,kvc->bvc", de, self.expression_basis)
+        return (10 * offsets.norm(dim=-1).square().mean(1).sqrt()).float()
+
+    def shading(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         from ..render.shading import sh_coefficients, sh_shade
 
-        lay = self.layout
-        de = (p[:, lay.slice("expression")] - q[:, lay.slice("expression")]).double().cpu()
-        offsets = torch.einsum("bk,kvc->bvc", de, self.expression_basis)
-        shade = [sh_shade(self.normals[None], sh_coefficients(x[:, lay.slice("illumination")].double().cpu())[:, None])
-                 for x in (p, q)]
-        shading = (shade[0] - shade[1]).square().mean((1, 2)).sqrt() / shade[1].mean((1, 2)).abs().clamp_min(1e-6)
-        return {"expression_mm": (10 * offsets.norm(dim=-1).square().mean(1).sqrt()).float(),
-                "shading": shading.float()}
+        a, b = (sh_shade(self.normals[None], sh_coefficients(self.layout.split(x)["illumination"].double().cpu())[:, None])
+                for x in (p, q))
+        return ((a - b).square().mean((1, 2)).sqrt() / b.mean((1, 2)).abs().clamp_min(1e-6)).float()
+
+    def __call__(self, p: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"expression_mm": self.expression_mm(p, q), "shading": self.shading(p, q)}
 
 
-OBSERVABLE_OF = {"expression": "expression_mm", "illumination": "shading"}
+OBSERVABLE_OF = {"expression": "expression_mm", "illumination": "shading"}  # mode -> ObservableErrors method
 
 
 def _summary(x: torch.Tensor) -> dict[str, float]:
@@ -101,13 +104,14 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
     w = sample_latents(generator, count, seed, psi).to(device)
     v = w.roll(1, 0)
     p_w, p_v = truth(w), truth(v)
+    fitted = rig.fit(w)  # DFR's reading of w: its error (exact generators) and the reconstruction target
     report: dict = {"generator": type(generator).__name__, "count": count, "psi": psi, "seed": seed,
                     "estimate": "exact (true_params)" if exact else "self-estimated (DFR re-estimation)"}
     observable = ObservableErrors(generator.model, layout) if exact and hasattr(generator, "model") else None
     if exact:
-        report["dfr"] = {b: _summary(e) for b, e in block_errors(layout, rig.fit(w), p_w).items()}
+        report["dfr"] = {b: _summary(e) for b, e in block_errors(layout, fitted, p_w).items()}
         if observable is not None:
-            report["dfr_observable"] = {k: _summary(e) for k, e in observable(rig.fit(w), p_w).items()}
+            report["dfr_observable"] = {k: _summary(e) for k, e in observable(fitted, p_w).items()}
     report["modes"] = {}
     for mode in rig.modes:
         net = rig.rignets[mode]
@@ -124,13 +128,13 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
                    "drift": {b: _summary(e) for b, e in from_source.items() if b not in blocks}}
             if observable is not None and mode in OBSERVABLE_OF:
                 key = OBSERVABLE_OF[mode]
-                row["control_observable"] = {key: _summary(observable(p_hat, p_v)[key])}
+                row["control_observable"] = {key: _summary(getattr(observable, key)(p_hat, p_v))}
             row["drift_mean"] = float(np.mean([row["drift"][b]["mean"] for b in row["drift"]
                                                if b != "rotation"]))
             if image_metrics:
                 row["outside_face_change"] = _outside_change(generator, w, w_hat, batch)
             rows[name] = row
-        rec = rig.edit(w, mode, rig.fit(w)) - w
+        rec = rig.edit(w, mode, fitted) - w
         rows["rignet"]["latent_reconstruction"] = float(
             rec.norm(dim=(1, 2)).mean() / (w - net.normaliser.w_avg).norm(dim=(1, 2)).mean())
         report["modes"][mode] = rows
