@@ -1,6 +1,6 @@
 """Training speed of DFR and RigNet: steps/s and samples/s on CPU (and CUDA when available).
 
-    .venv/bin/python benchmarks/train.py [--size 64] [--batch 32] [--steps 10] [--json out.json]
+    .venv/bin/python benchmarks/train.py [--size 64] [--batch 32] [--steps 10] [--devices cpu cuda] [--json out.json]
 
 Builds a small synthetic corpus in a temporary directory, then times optimisation steps (after a warm-up
 step) of DFR and of a pose RigNet, exactly as `stylerig train` runs them.
@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per network")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -33,7 +34,7 @@ def main() -> None:
     from stylerig_engine.rig.train import TrainConfig, train
     from stylerig_engine.synthetic import SyntheticGenerator
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                "torch": torch.__version__, "size": args.size, "batch": args.batch, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:

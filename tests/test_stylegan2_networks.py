@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stylerig_engine.stylegan2 import networks as nw
-from stylerig_engine.stylegan2.inference import FastGenerator, InferenceOptions, set_fp16_resolutions
+from stylerig_engine.stylegan2.inference import FastGenerator, InferenceOptions, set_fp16_resolutions, tf32_mode
 from stylerig_engine.stylegan2.networks import Generator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -336,7 +336,8 @@ def test_cuda_fp32_tf32_fp16_channels_last_against_reference():
 def test_cuda_graph_batch1_replays_the_eager_result():
     G = tiny_generator().cuda()
     runner = FastGenerator(G, InferenceOptions(cuda_graph=True))
-    with torch.no_grad():
+    # The runner pins TF32 off; so must the eager reference (PyTorch allows TF32 in cuDNN convolutions by default).
+    with torch.no_grad(), tf32_mode(False):
         for seed in range(3):
             ws = G.mapping(torch.randn(1, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)))
             eager = G.synthesis(ws, "const", fused_modconv=None)
@@ -348,7 +349,7 @@ def test_cuda_graph_batch1_replays_the_eager_result():
 def test_cuda_compile_matches_eager():
     G = tiny_generator().cuda()
     ws = G.mapping(torch.randn(2, 32, device="cuda")).detach()
-    with torch.no_grad():
+    with torch.no_grad(), tf32_mode(False):  # as the runner: TF32 off on both sides
         eager = G.synthesis(ws)
         compiled = FastGenerator(tiny_generator().cuda(), InferenceOptions(compile=True)).synthesis(ws)
     assert torch.allclose(compiled, eager, atol=1e-4)
