@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from ..fileio import atomic_write
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
     common(dfr)
     dfr.add_argument("--layer-code", type=int, default=64,
                      help="per-W+-layer code width of DFR's first layer (0: one MLP on the flat W+, as the paper)")
+    dfr.add_argument("--reg", type=float, default=None,
+                     help="weight of the statistical regulariser of identity, albedo and expression "
+                          "(default: LossWeights', see docs/rig.md)")
     dfr.set_defaults(func=_train_one, net="dfr")
     rig = kinds.add_parser("rignet", help="train the RigNet of one control mode against a trained DFR")
     common(rig)
@@ -52,6 +56,7 @@ def register(subparsers) -> None:
     everything.add_argument("--modes", default=",".join(PAPER_MODES), help="comma-separated control modes")
     everything.add_argument("--dfr-steps", type=int, default=1500)
     everything.add_argument("--layer-code", type=int, default=64, help="DFR's per-W+-layer code width (0: flat MLP)")
+    everything.add_argument("--reg", type=float, default=None, help="DFR's statistical regulariser weight")
     everything.add_argument("--rignet-steps", type=int, default=1000)
     everything.add_argument("--rignet-batch", type=int, default=None, help="RigNet batch (default: --batch)")
     everything.add_argument("--eval-count", type=int, default=256)
@@ -98,6 +103,10 @@ def _config(args, net: str, **overrides):
               lr=args.lr or defaults["lr"], lr_schedule=args.lr_schedule)
     if net == "dfr":
         kw["layer_code"] = args.layer_code
+        if args.reg is not None:
+            from .losses import LossWeights
+
+            kw["loss"] = asdict(LossWeights(identity_reg=args.reg, albedo_reg=args.reg, expression_reg=args.reg))
     kw.update(overrides)
     return TrainConfig(**kw)
 
@@ -140,7 +149,7 @@ def _train_all(args) -> int:
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
                           "dfr_steps": args.dfr_steps, "rignet_steps": args.rignet_steps, "batch": args.batch,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
-                          "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr,
+                          "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,
                           "lr_schedule": args.lr_schedule}
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(report, f, indent=1)
