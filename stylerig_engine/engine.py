@@ -21,7 +21,6 @@ The latent handle store alone is locked, so handles can be uploaded/released fro
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 import secrets
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .params import CONTROL_MODES, ParamLayout, layout_for_model
+from .pyspec import import_spec, takes_keyword
 
 FORMATS = ("rgba8", "float16", "jpeg")
 # The order in which RigNets are composed (StyleRig: pose, then expression, then illumination), then the rest.
@@ -129,8 +129,8 @@ class Engine:
         self.resolution = int(generator.img_resolution)
         self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
-        self._mapping_takes_psi = _takes(generator.mapping, "psi")
-        self._synthesis_takes_noise = _takes(generator.synthesis, "noise_mode")
+        self._mapping_takes_psi = takes_keyword(generator.mapping, "psi")
+        self._synthesis_takes_noise = takes_keyword(generator.synthesis, "noise_mode")
 
     # ---- description ---------------------------------------------------------------------------------
     @property
@@ -449,27 +449,16 @@ class Engine:
         return images
 
 
-def _takes(fn: Callable, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 # ---- building an engine from command-line specs ---------------------------------------------------------
 def load_generator(spec: str, device: str = "cpu"):
     """`synthetic[:RES]` (the synthetic face world, default 256), `py:MODULE:FUNCTION` (a factory, called with
     device=…), or anything stylegan2.load_generator accepts (`random:256`, a weights name, a path)."""
     if spec.startswith("py:"):
-        import importlib
-
         try:
-            _, module, attr = spec.split(":", 2)
-        except ValueError:
-            raise EngineError(f"generator spec {spec!r} must be py:MODULE:FUNCTION") from None
-        factory = getattr(importlib.import_module(module), attr)
-        return factory(device=device) if _takes(factory, "device") else factory()
+            factory = import_spec(spec)
+        except ValueError as e:
+            raise EngineError(f"generator {e}") from None
+        return factory(device=device) if takes_keyword(factory, "device") else factory()
     if spec == "synthetic" or spec.startswith("synthetic:"):
         try:
             from .synthetic import SyntheticGenerator
@@ -487,7 +476,7 @@ def load_generator(spec: str, device: str = "cpu"):
             f"available in this build ({e})"
         ) from e
     try:
-        return sg_load(spec, device=device) if _takes(sg_load, "device") else sg_load(spec)
+        return sg_load(spec, device=device) if takes_keyword(sg_load, "device") else sg_load(spec)
     except (OSError, ValueError, RuntimeError) as e:  # WeightsError, missing files, bad formats
         raise EngineError(f"cannot load generator {spec!r}: {e}") from e
 

@@ -301,11 +301,51 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     run, ship = tmp_path / "run", tmp_path / "ship"
     assert main(["train", "all", "--generator", "synthetic:32", "--count", "32", "--batch", "8", "--dfr-steps", "2",
                  "--rignet-steps", "2", "--modes", "pose", "--eval-count", "8", "--layer-code", "8",
-                 "--out", str(run), "--ship", str(ship)]) == 0
+                 "--reg", "3e-4", "--out", str(run), "--ship", str(ship)]) == 0
     report = json.loads((ship / "evaluation.json").read_text())
     assert report["training"]["layer_code"] == 8 and report["training"]["lr_schedule"] == "cosine"
-    assert json.loads((ship / "dfr.config.json").read_text())["layer_code"] == 8
+    dfr_config = json.loads((ship / "dfr.config.json").read_text())
+    assert dfr_config["layer_code"] == 8
+    assert {dfr_config["loss"][k] for k in ("identity_reg", "albedo_reg", "expression_reg")} == {3e-4}
+    assert report["training"]["loss"] == dfr_config["loss"]
     rig = load_rig(ship)
     assert rig.modes == ["pose"] and rig.dfr.layer_code == 8
     assert rig.dfr.net[0].weight.dtype == torch.float32  # shipped in float16, loaded as float32
     assert report["modes"]["pose"]["no_edit"]["drift_mean"] == 0.0
+
+
+def coarse_pixels(device="cpu"):
+    """Stand-in identity model for tests: the image pooled to 8 x 8, flattened (no face-recognition weights here)."""
+    return lambda images: torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
+
+
+def wrong_shape():
+    return lambda images: images
+
+
+def test_identity_similarity_is_reported_per_row():
+    from stylerig_engine.rig import load_rig
+    from stylerig_engine.rig.evaluate import evaluate, format_table, load_identity_model
+    from stylerig_engine.synthetic import make_synthetic
+
+    rig = load_rig()
+    rig.rignets = torch.nn.ModuleDict({"pose": rig.rignets["pose"]})
+    report = evaluate(rig, make_synthetic("synthetic:64"), count=8, psi=0.8, image_metrics=False,
+                      identity_model=load_identity_model("py:test_rig:coarse_pixels"))
+    rows = report["modes"]["pose"]
+    assert rows["no_edit"]["identity_similarity"]["mean"] == pytest.approx(1.0)
+    for name in ("rignet", "naive"):  # a pose edit moves the face: similar, not identical, coarse pixels
+        assert 0.3 < rows[name]["identity_similarity"]["mean"] < 0.9999
+    assert "identity sim." in format_table(report)
+    with pytest.raises(ValueError, match="py:nowhere:model"):
+        load_identity_model("py:nowhere:model")
+    with pytest.raises(ValueError, match=r"\(B, D\) embeddings"):
+        evaluate(rig, make_synthetic("synthetic:64"), count=2, psi=0.8, image_metrics=False,
+                 identity_model=load_identity_model("py:test_rig:wrong_shape"))
+
+
+def test_evaluate_cli_names_a_bad_identity_model(capsys):
+    from stylerig_engine.cli import main
+
+    assert main(["evaluate", "--count", "2", "--identity-model", "py:test_rig:missing"]) == 2
+    assert "py:test_rig:missing" in capsys.readouterr().err

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..fileio import sha256_file
+from ..pyspec import import_spec
 from . import manifest as mf
 from .config import (
     FORMAT,
@@ -62,13 +63,10 @@ def resolve_generator(spec: str, device: torch.device | str = "cpu"):
     ("synthetic", "synthetic:128", "ffhq-256", a checkpoint path, ...).
     """
     if spec.startswith("py:"):
-        module, _, attr = spec[3:].rpartition(":")
-        if not module or not attr:
-            raise CorpusConfigError(f"generator spec {spec!r}: expected py:package.module:name")
         try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise CorpusConfigError(f"generator spec {spec!r}: {e}") from e
+            obj = import_spec(spec)
+        except ValueError as e:
+            raise CorpusConfigError(f"generator {e}") from e
         gen = obj() if isinstance(obj, type) or not hasattr(obj, "synthesis") else obj
     else:
         load_generator = _find_loader(spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def register(subparsers) -> None:
     ev.add_argument("--generator", default="synthetic:64")
     ev.add_argument("--count", type=int, default=256)
     ev.add_argument("--psi", type=float, default=0.8)
+    ev.add_argument("--identity-model", default=None, metavar="py:MODULE:FACTORY",
+                    help="face-recognition embedding for identity similarity (docs/rig.md)")
     ev.add_argument("--json", default=None, help="write the full report here")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -181,12 +184,17 @@ def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
 def _evaluate(args) -> int:
     from ..corpus import resolve_generator
     from .editing import load_rig
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate, format_table, load_identity_model
 
     _set_threads(args)
     rig = load_rig(args.rig, args.device)
     generator = resolve_generator(args.generator, device=args.device)
-    report = evaluate(rig, generator, count=args.count, psi=args.psi)
+    try:
+        identity_model = load_identity_model(args.identity_model, args.device) if args.identity_model else None
+    except ValueError as e:
+        print(f"stylerig evaluate: error: {e}", file=sys.stderr)
+        return 2
+    report = evaluate(rig, generator, count=args.count, psi=args.psi, identity_model=identity_model)
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -75,6 +75,30 @@ class ObservableErrors:
 OBSERVABLE_OF = {"expression": "expression_mm", "illumination": "shading"}  # mode -> ObservableErrors method
 
 
+def load_identity_model(spec: str, device: str | torch.device = "cpu"):
+    """A face-recognition embedding for the identity-similarity metric, from "py:package.module:factory":
+    factory() (or factory(device=...)) returns a callable mapping generator images (B, 3, H, W) in [-1, 1] to
+    embeddings (B, D); it does its own resizing and cropping (docs/rig.md shows one for facenet-pytorch)."""
+    from ..pyspec import import_spec, takes_keyword
+
+    factory = import_spec(spec)
+    model = factory(device=device) if takes_keyword(factory, "device") else factory()
+    if not callable(model):
+        raise ValueError(f"identity model {spec!r}: the factory returned {type(model).__name__}, not a callable")
+    return model.to(device).eval() if isinstance(model, torch.nn.Module) else model
+
+
+def _embed(model, generator, ws: torch.Tensor, batch: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(ws), batch):
+        e = model(generator.synthesis(ws[i:i + batch]))
+        if not isinstance(e, torch.Tensor) or e.ndim != 2 or len(e) != len(ws[i:i + batch]):
+            raise ValueError(f"the identity model must return (B, D) embeddings, got "
+                             f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
+        out.append(e.float())
+    return torch.cat(out)
+
+
 def _summary(x: torch.Tensor) -> dict[str, float]:
     x = x.double()
     return {"median": float(x.median()), "mean": float(x.mean()), "p90": float(torch.quantile(x, 0.9))}
@@ -88,7 +112,7 @@ def sample_latents(generator, count: int, seed: int, psi: float) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: int = HELD_OUT_SEED,
-             batch: int = 32, image_metrics: bool = True) -> dict:
+             batch: int = 32, image_metrics: bool = True, identity_model=None) -> dict:
     """Metrics of DFR and of every loaded RigNet, with the "no edit" and "naive latent interpolation"
     baselines. Keyword args:
       count: held-out latents (targets are the parameters of another held-out latent each).
@@ -96,6 +120,8 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
       seed: seed of the held-out latents.
       batch: latents per generator call for the image metric.
       image_metrics: also measure the image change outside the face (needs rendering).
+      identity_model: a face-recognition embedding (load_identity_model); adds the cosine similarity of the
+        embeddings of I_w and I_ŵ (1 = same identity) to every row.
     """
     exact = hasattr(generator, "true_params")
     truth = generator.true_params if exact else rig.fit
@@ -112,6 +138,7 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
         report["dfr"] = {b: _summary(e) for b, e in block_errors(layout, fitted, p_w).items()}
         if observable is not None:
             report["dfr_observable"] = {k: _summary(e) for k, e in observable(fitted, p_w).items()}
+    reference = _embed(identity_model, generator, w, batch) if identity_model is not None else None
     report["modes"] = {}
     for mode in rig.modes:
         net = rig.rignets[mode]
@@ -133,6 +160,9 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
                                                if b != "rotation"]))
             if image_metrics:
                 row["outside_face_change"] = _outside_change(generator, w, w_hat, batch)
+            if reference is not None:
+                embedded = reference if w_hat is w else _embed(identity_model, generator, w_hat, batch)
+                row["identity_similarity"] = _summary(torch.nn.functional.cosine_similarity(embedded, reference))
             rows[name] = row
         rec = rig.edit(w, mode, fitted) - w
         rows["rignet"]["latent_reconstruction"] = float(
@@ -166,7 +196,9 @@ def format_table(report: dict) -> str:
         obs = report["dfr_observable"]
         lines.append(f"DFR observable error (median): expression geometry {obs['expression_mm']['median']:.2f} mm, "
                      f"shading {100 * obs['shading']['median']:.1f} %")
+    identity = any("identity_similarity" in row for rows in report["modes"].values() for row in rows.values())
     header = f"{'mode':<13}{'method':<9}{'control (median)':>30}{'drift (mean, std)':>19}{'outside face':>14}"
+    header += f"{'identity sim.':>15}" if identity else ""
     lines += ["", header, "-" * len(header)]
     for mode, rows in report["modes"].items():
         for name, row in rows.items():
@@ -175,5 +207,8 @@ def format_table(report: dict) -> str:
             for key, v in row.get("control_observable", {}).items():
                 ctrl += f" ({v['median']:.2f} mm)" if key == "expression_mm" else f" ({100 * v['median']:.1f} %)"
             out = row.get("outside_face_change", math.nan)
-            lines.append(f"{mode:<13}{name:<9}{ctrl:>30}{row['drift_mean']:>19.3f}{out:>14.4f}")
+            line = f"{mode:<13}{name:<9}{ctrl:>30}{row['drift_mean']:>19.3f}{out:>14.4f}"
+            if identity:
+                line += f"{row.get('identity_similarity', {}).get('mean', math.nan):>15.3f}"
+            lines.append(line)
     return "\n".join(lines)
