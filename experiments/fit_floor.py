@@ -18,6 +18,7 @@ import torch
 from stylerig_engine.render.face import FaceRenderer
 from stylerig_engine.rig import load_rig
 from stylerig_engine.rig.evaluate import HELD_OUT_SEED, ObservableErrors, block_errors, sample_latents
+from stylerig_engine.rig.fitting import fit_parameters
 from stylerig_engine.rig.losses import FaceLoss, LossWeights, region_model
 from stylerig_engine.synthetic import make_synthetic
 
@@ -44,15 +45,13 @@ def main() -> None:
     weights = LossWeights(identity_reg=args.reg, albedo_reg=args.reg, expression_reg=args.reg)
     loss = FaceLoss(FaceRenderer(region_model(world.model), layout, image_size=world.img_resolution), weights)
     observable = ObservableErrors(world.model, layout)
-    mean, std = (torch.as_tensor(x, dtype=torch.float32) for x in (layout.prior_mean, layout.prior_std))
+    mean = torch.as_tensor(layout.prior_mean, dtype=torch.float32)
     start = {"dfr": rig.fit(w), "truth": truth, "mean": mean.expand_as(truth)}[args.start]
-    z = ((start - mean) / std).requires_grad_(True)  # optimise in prior units: every entry on the same scale
-    opt = torch.optim.Adam([z], lr=args.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
 
-    def report(step: int) -> None:
+    def report(step: int, p: torch.Tensor) -> None:
+        if step % max(1, args.steps // 4):
+            return
         with torch.no_grad():
-            p = mean + std * z
             terms = loss.data_terms(p, images, landmarks)
             errors = block_errors(layout, p, truth)
             obs = observable(p, truth)
@@ -62,16 +61,8 @@ def main() -> None:
               f" mm, shading {100 * obs['shading'].median():.1f} %", flush=True)
 
     t0 = time.perf_counter()
-    report(0)
-    for step in range(1, args.steps + 1):
-        p = mean + std * z
-        total = (loss.weighted(loss.data_terms(p, images, landmarks)) + loss.regulariser(p)).mean()
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        schedule.step()
-        if step % max(1, args.steps // 4) == 0:
-            report(step)
+    report(0, start)
+    fit_parameters(loss, images, landmarks, start, steps=args.steps, lr=args.lr, callback=report)
     print(f"{args.count} images, {args.steps} steps in {time.perf_counter() - t0:.0f} s")
 
 

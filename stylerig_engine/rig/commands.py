@@ -73,6 +73,11 @@ def register(subparsers) -> None:
     ev.add_argument("--psi", type=float, default=0.8)
     ev.add_argument("--identity-model", default=None, metavar="py:MODULE:FACTORY",
                     help="face-recognition embedding for identity similarity (docs/rig.md)")
+    ev.add_argument("--closed-loop", default=None, metavar="MODES",
+                    help="also evaluate closed-loop editing (per-image fits as the sensor) for these comma-separated "
+                         "modes, e.g. pose; slow: one fit of every latent per reading")
+    ev.add_argument("--loop-iterations", type=int, default=4, help="closed loop: readings per edit")
+    ev.add_argument("--fit-steps", type=int, default=400, help="closed loop: optimisation steps per fit")
     ev.add_argument("--json", default=None, help="write the full report here")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -182,7 +187,7 @@ def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
 
 
 def _evaluate(args) -> int:
-    from ..corpus import resolve_generator
+    from ..corpus import CorpusConfigError, resolve_generator
     from .editing import load_rig
     from .evaluate import evaluate, format_table, load_identity_model
 
@@ -194,7 +199,23 @@ def _evaluate(args) -> int:
     except ValueError as e:
         print(f"stylerig evaluate: error: {e}", file=sys.stderr)
         return 2
-    report = evaluate(rig, generator, count=args.count, psi=args.psi, identity_model=identity_model)
+    loop_modes = [m.strip() for m in args.closed_loop.split(",") if m.strip()] if args.closed_loop else None
+    unknown = sorted(set(loop_modes or ()) - set(rig.modes))
+    if unknown:
+        print(f"stylerig evaluate: error: --closed-loop {','.join(unknown)}: the rig has RigNets for {rig.modes}",
+              file=sys.stderr)
+        return 2
+    reader = None
+    if loop_modes:
+        from .fitting import ImageReader
+
+        try:
+            reader = ImageReader(rig, generator, steps=args.fit_steps)
+        except CorpusConfigError as e:  # a generator without landmarks
+            print(f"stylerig evaluate: error: closed-loop editing needs landmarks: {e}", file=sys.stderr)
+            return 2
+    report = evaluate(rig, generator, count=args.count, psi=args.psi, identity_model=identity_model,
+                      closed_loop=reader, loop_iterations=args.loop_iterations, loop_modes=loop_modes)
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -112,7 +112,8 @@ def sample_latents(generator, count: int, seed: int, psi: float) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: int = HELD_OUT_SEED,
-             batch: int = 32, image_metrics: bool = True, identity_model=None) -> dict:
+             batch: int = 32, image_metrics: bool = True, identity_model=None, closed_loop=None,
+             loop_iterations: int = 4, loop_modes=None) -> dict:
     """Metrics of DFR and of every loaded RigNet, with the "no edit" and "naive latent interpolation"
     baselines. Keyword args:
       count: held-out latents (targets are the parameters of another held-out latent each).
@@ -122,6 +123,8 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
       image_metrics: also measure the image change outside the face (needs rendering).
       identity_model: a face-recognition embedding (load_identity_model); adds the cosine similarity of the
         embeddings of I_w and I_ŵ (1 = same identity) to every row.
+      closed_loop: a fitting.ImageReader; adds a "closed_loop" row (fitting.closed_loop_edit) for loop_modes
+        (default: every mode), with loop_iterations readings. Costs one per-image fit per reading.
     """
     exact = hasattr(generator, "true_params")
     truth = generator.true_params if exact else rig.fit
@@ -147,7 +150,13 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
         idx = list(net.layers)
         naive[:, idx] = v[:, idx]
         rows = {}
-        for name, w_hat in (("rignet", rig.edit(w, mode, p_v)), ("naive", naive), ("no_edit", w)):
+        edits = [("rignet", rig.edit(w, mode, p_v))]
+        if closed_loop is not None and (loop_modes is None or mode in loop_modes):
+            from .fitting import closed_loop_edit
+
+            edits.append(("closed_loop", closed_loop_edit(rig, closed_loop, w, mode, p_v,
+                                                          iterations=loop_iterations)))
+        for name, w_hat in (*edits, ("naive", naive), ("no_edit", w)):
             p_hat = truth(w_hat)
             to_target = block_errors(layout, p_hat, p_v)
             from_source = block_errors(layout, p_hat, p_w)
