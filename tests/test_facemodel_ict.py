@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,11 +170,10 @@ def test_albedo_basis_ranges(model):
     assert np.abs(b[lips_k, model.landmarks[57]]).max() > 10 * np.abs(b[lips_k, model.landmarks[27]]).max()
 
 
-def test_save_load_round_trip_and_speed(model, tmp_path):
+def test_save_load_round_trip(model, tmp_path):
+    """(Load speed is a benchmark, not a test: docs/face-model.md.)"""
     path = tmp_path / "m.npz"
     model.save(path)
-    best = min(_timed(MorphableModel.load, path) for _ in range(2))
-    assert best < 1.0, f"loading the model took {best:.2f} s"
     loaded = MorphableModel.load(path)
     np.testing.assert_array_equal(loaded.neutral, model.neutral)
     np.testing.assert_array_equal(loaded.triangles, model.triangles)
@@ -184,11 +182,6 @@ def test_save_load_round_trip_and_speed(model, tmp_path):
     assert loaded.notice == model.notice and "MIT License" in loaded.notice
     assert {k: v.sum() for k, v in loaded.regions.items()} == {k: v.sum() for k, v in model.regions.items()}
 
-
-def _timed(fn, *args):
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
 
 
 @pytest.mark.skipif(not FACEX.is_dir(), reason="upstream FaceXModel sample not in ../shared")
@@ -234,17 +227,14 @@ def test_landmark_check_rejects_other_frames(model):
         check_landmarks(n * [-1, 1, 1], model.landmarks)
 
 
-def test_load_default_model_builds_caches_and_loads_fast(tmp_path, monkeypatch):
+def test_load_default_model_builds_caches_and_loads_from_them(tmp_path, monkeypatch):
     monkeypatch.setenv("STYLERIG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("STYLERIG_ICT_SOURCE", str(ICT))
     path = facemodel.default_model_path()
     assert path == tmp_path / "cache" / "models" / "ict-face-light.npz"
     first = facemodel.load_default_model()
     assert path.is_file() and path.with_suffix(".NOTICE.txt").read_text().count("MIT License") == 1
-    t = time.perf_counter()
-    again = facemodel.load_default_model()
-    took = time.perf_counter() - t
-    assert took < 1.0, f"loading the cached default model took {took:.2f} s"
+    again = facemodel.load_default_model()  # from the cache (its speed: benchmarks/facemodel.py)
     np.testing.assert_array_equal(again.neutral, first.neutral)
     assert again.num_expression == 53
     assert facemodel.load_model("ict-face-light").num_vertices == first.num_vertices

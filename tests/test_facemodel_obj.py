@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,21 +59,6 @@ def test_shape_objs_equal_pack(pack, name):
     np.testing.assert_array_equal(full.vertices, pack["shapes"][name])
     np.testing.assert_array_equal(full.face_v, pack["face_v"])  # same topology as the neutral
     np.testing.assert_array_equal(read_obj_vertices(FACEX / f"{name}.obj"), pack["shapes"][name])
-
-
-@needs_ict
-def test_parse_speed():
-    path = FACEX / "generic_neutral_mesh.obj"
-    assert path.stat().st_size > 2_000_000
-    best = min(_timed(read_obj, path) for _ in range(2))
-    assert best < 1.0, f"parsing a 2.5 MB OBJ took {best:.2f} s"
-    assert min(_timed(read_obj_vertices, path) for _ in range(2)) < 0.5
-
-
-def _timed(fn, *args):
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
 
 
 @needs_ict
