@@ -171,7 +171,7 @@ def test_albedo_basis_ranges(model):
 
 
 def test_save_load_round_trip(model, tmp_path):
-    """(Load speed is a benchmark, not a test: docs/face-model.md.)"""
+    """(Load speed is a benchmark, not a test: benchmarks/facemodel.py, docs/benchmarks.md.)"""
     path = tmp_path / "m.npz"
     model.save(path)
     loaded = MorphableModel.load(path)
