@@ -15,11 +15,10 @@ import time
 
 import torch
 
-from stylerig_engine.render.face import FaceRenderer
 from stylerig_engine.rig import load_rig
 from stylerig_engine.rig.evaluate import HELD_OUT_SEED, ObservableErrors, block_errors, sample_latents
-from stylerig_engine.rig.fitting import fit_parameters
-from stylerig_engine.rig.losses import FaceLoss, LossWeights, region_model
+from stylerig_engine.rig.fitting import ImageReader, fit_parameters
+from stylerig_engine.rig.losses import LossWeights
 from stylerig_engine.synthetic import make_synthetic
 
 
@@ -40,10 +39,11 @@ def main() -> None:
     rig = load_rig(args.rig)
     layout = rig.layout
     w = sample_latents(world, args.count, HELD_OUT_SEED, 0.8)
+    reader = ImageReader(rig, world, reg=args.reg)  # its images, landmarks and loss; the fit runs below
+    images, landmarks = reader.observe(w)
+    loss = reader.loss
     with torch.no_grad():
-        images, landmarks, truth = world.synthesis(w), world.landmarks(w), world.true_params(w)
-    weights = LossWeights(identity_reg=args.reg, albedo_reg=args.reg, expression_reg=args.reg)
-    loss = FaceLoss(FaceRenderer(region_model(world.model), layout, image_size=world.img_resolution), weights)
+        truth = world.true_params(w)
     observable = ObservableErrors(world.model, layout)
     mean = torch.as_tensor(layout.prior_mean, dtype=torch.float32)
     start = {"dfr": rig.fit(w), "truth": truth, "mean": mean.expand_as(truth)}[args.start]

@@ -114,7 +114,7 @@ def _config(args, net: str, **overrides):
         if args.reg is not None:
             from .losses import LossWeights
 
-            kw["loss"] = asdict(LossWeights(identity_reg=args.reg, albedo_reg=args.reg, expression_reg=args.reg))
+            kw["loss"] = asdict(LossWeights.with_reg(args.reg))
     kw.update(overrides)
     return TrainConfig(**kw)
 

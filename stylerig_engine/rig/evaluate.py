@@ -13,6 +13,7 @@ import torch
 
 from ..params import CONTROL_MODES, rotation_matrix
 from .editing import Rig
+from .fitting import closed_loop_edit
 
 HELD_OUT_SEED = 1_000_003  # latents for evaluation never come from corpus seeds (those are hashed from 0..)
 
@@ -152,8 +153,6 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
         rows = {}
         edits = [("rignet", rig.edit(w, mode, p_v))]
         if closed_loop is not None and (loop_modes is None or mode in loop_modes):
-            from .fitting import closed_loop_edit
-
             edits.append(("closed_loop", closed_loop_edit(rig, closed_loop, w, mode, p_v,
                                                           iterations=loop_iterations)))
         for name, w_hat in (*edits, ("naive", naive), ("no_edit", w)):

@@ -13,7 +13,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..corpus.landmarks import ExactLandmarks
+from ..corpus.writer import resize_images, scale_landmarks
 from ..params import CONTROL_MODES
+from ..render.face import FaceRenderer
 from .editing import Rig
 from .losses import FaceLoss, LossWeights, region_model
 
@@ -70,9 +73,6 @@ class ImageReader:
 
     def __init__(self, rig: Rig, generator, *, landmarks: Callable | None = None, size: int | None = None,
                  steps: int = 400, lr: float = 0.02, reg: float = FIT_REG):
-        from ..corpus.landmarks import ExactLandmarks
-        from ..render.face import FaceRenderer
-
         self.rig, self.generator, self.steps, self.lr = rig, generator, steps, lr
         self.resolution = int(generator.img_resolution)
         self.landmarks = landmarks if landmarks is not None else ExactLandmarks(generator)
@@ -84,13 +84,11 @@ class ImageReader:
 
             model = load_model(DEFAULT_MODEL_NAME)
         renderer = FaceRenderer(region_model(model), rig.layout, image_size=self.size, device=device)
-        self.loss = FaceLoss(renderer, LossWeights(identity_reg=reg, albedo_reg=reg, expression_reg=reg)).to(device)
+        self.loss = FaceLoss(renderer, LossWeights.with_reg(reg)).to(device)
 
     @torch.no_grad()
     def observe(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, landmarks) of ws at the fit's resolution."""
-        from ..corpus.writer import resize_images, scale_landmarks
-
         images = self.generator.synthesis(ws)
         landmarks = self.landmarks(ws, images).float()
         if not torch.isfinite(landmarks).all():
@@ -123,10 +121,11 @@ def closed_loop_edit(rig: Rig, reader: ImageReader, ws: torch.Tensor, mode: str,
     index = torch.cat([torch.arange(layout.dim, device=ws.device)[layout.slice(b)] for b in CONTROL_MODES[mode]])
     std = torch.as_tensor(layout.prior_std, dtype=ws.dtype, device=ws.device)[index]
     command = target.clone()
-    best = rig.edit(ws, mode, command)
+    best = current = rig.edit(ws, mode, command)
     best_miss = torch.full((len(ws),), float("inf"), device=ws.device)
-    current = best
-    for _ in range(iterations):
+    for i in range(iterations):
+        if i:
+            current = rig.edit(ws, mode, command)
         seen = reader(current)
         miss = target[:, index] - seen[:, index]
         size = (miss / std).square().mean(1)
@@ -134,5 +133,4 @@ def closed_loop_edit(rig: Rig, reader: ImageReader, ws: torch.Tensor, mode: str,
         best = torch.where(better[:, None, None], current, best)
         best_miss = torch.where(better, size, best_miss)
         command[:, index] += gain * miss
-        current = rig.edit(ws, mode, command)
     return best

@@ -63,6 +63,11 @@ class LossWeights:
     albedo_reg: float = 1e-3
     expression_reg: float = 1e-3
 
+    @classmethod
+    def with_reg(cls, weight: float) -> "LossWeights":
+        """The default weights with one statistical regulariser weight for identity, albedo and expression."""
+        return cls(identity_reg=weight, albedo_reg=weight, expression_reg=weight)
+
 
 class FaceLoss(torch.nn.Module):
     """Render parameters and compare with generator images and their landmarks.
