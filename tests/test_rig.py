@@ -405,3 +405,12 @@ def test_closed_loop_needs_landmarks_and_known_modes(capsys):
         ImageReader(load_rig(), tiny_no_landmarks())
     assert main(["evaluate", "--count", "2", "--closed-loop", "identity"]) == 2
     assert "--closed-loop identity" in capsys.readouterr().err
+
+
+def test_negative_loss_weights_are_refused():
+    from stylerig_engine.rig.losses import LossWeights
+
+    with pytest.raises(ValueError, match="identity_reg"):
+        LossWeights.with_reg(-1e-3)
+    with pytest.raises(ValueError, match="landmark"):
+        LossWeights(landmark=float("nan"))

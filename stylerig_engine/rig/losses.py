@@ -63,6 +63,11 @@ class LossWeights:
     albedo_reg: float = 1e-3
     expression_reg: float = 1e-3
 
+    def __post_init__(self):
+        negative = {k: v for k, v in vars(self).items() if not v >= 0}
+        if negative:
+            raise ValueError(f"loss weights must be >= 0, got {negative}")
+
     @classmethod
     def with_reg(cls, weight: float) -> "LossWeights":
         """The default weights with one statistical regulariser weight for identity, albedo and expression."""
