@@ -17,6 +17,18 @@ from .fitting import closed_loop_edit
 
 HELD_OUT_SEED = 1_000_003  # latents for evaluation never come from corpus seeds (those are hashed from 0..)
 
+# What an animator keys alone on a face, each a group of blendshapes set together (left and right sides).
+ANIMATOR_KEYS: dict[str, tuple[str, ...]] = {
+    "smile": ("mouthSmile_L", "mouthSmile_R"),
+    "blink": ("eyeBlink_L", "eyeBlink_R"),
+    "jawOpen": ("jawOpen",),
+    "browInnerUp": ("browInnerUp_L", "browInnerUp_R"),
+    "mouthPucker": ("mouthPucker",),
+    "eyeWide": ("eyeWide_L", "eyeWide_R"),
+}
+KEY_PERCENTILE = 99  # each key is set to the value the world itself reaches at this percentile
+YAW_SWEEP_DEG = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
+
 
 def rotation_error_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B, 3), (B, 3) Euler angles -> (B,) geodesic angle between the two rotations, degrees."""
@@ -142,6 +154,7 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
         report["dfr"] = {b: _summary(e) for b, e in block_errors(layout, fitted, p_w).items()}
         if observable is not None:
             report["dfr_observable"] = {k: _summary(e) for k, e in observable(fitted, p_w).items()}
+        report["reader"] = reader_report(rig.fit, generator, count=max(count, 1024), psi=psi, seed=seed)
     reference = _embed(identity_model, generator, w, batch) if identity_model is not None else None
     report["modes"] = {}
     for mode in rig.modes:
@@ -176,6 +189,105 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
         rows["rignet"]["latent_reconstruction"] = float(
             rec.norm(dim=(1, 2)).mean() / (w - net.normaliser.w_avg).norm(dim=(1, 2)).mean())
         report["modes"][mode] = rows
+    report["animator"] = animator_report(rig, generator, count=count, psi=psi, seed=seed)
+    return report
+
+
+def _read(fn, ws: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([fn(ws[i:i + batch]) for i in range(0, len(ws), batch)])
+
+
+@torch.no_grad()
+def reader_report(read, generator, *, count: int = 1024, psi: float = 0.7, seed: int = HELD_OUT_SEED,
+                  top: int = 20) -> dict:
+    """How well a face reader (latents (B, num_ws, w_dim) -> parameters (B, D); DFR, or any other) reads the
+    synthetic world's exact parameters, per blendshape and per block. Keyword args:
+      count: held-out latents.
+      psi: their truncation.
+      top: the blendshapes that vary most in the world get a correlation each.
+    """
+    if not hasattr(generator, "true_params"):
+        raise ValueError("a reader report needs a generator with exact parameters (the synthetic world)")
+    layout = generator.layout
+    w = sample_latents(generator, count, seed, psi)
+    truth, est = _read(generator.true_params, w), _read(read, w)
+    s = layout.slice("expression")
+    names = [n.split("/")[-1] for n in layout.names[s]]
+    e_true, e_est = truth[:, s].double(), est[:, s].double()
+    order = torch.argsort(e_true.std(0), descending=True)[:top]
+    correlation = {}
+    for k in order.tolist():
+        a, b = e_true[:, k] - e_true[:, k].mean(), e_est[:, k] - e_est[:, k].mean()
+        correlation[names[k]] = float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
+    errors = block_errors(layout, est, truth)
+    report = {"count": count, "psi": psi, "seed": seed, "expression_correlation": correlation,
+              "min_correlation": min(correlation.values()),
+              "blocks": {b: _summary(e) for b, e in errors.items()}}
+    if hasattr(generator, "model"):
+        report["observable"] = {k: _summary(e) for k, e in ObservableErrors(generator.model, layout)(est, truth).items()}
+    return report
+
+
+def blendshape_index(layout) -> dict[str, int]:
+    """Blendshape name ("jawOpen") -> its entry in the parameter vector."""
+    s = layout.slice("expression")
+    return {name.split("/")[-1]: s.start + i for i, name in enumerate(layout.names[s])}
+
+
+def key_values(layout, truth: torch.Tensor, keys=ANIMATOR_KEYS, percentile: float = KEY_PERCENTILE) -> dict[str, float]:
+    """The value each key is set to: the world's `percentile` of its blendshapes (truth: (N, D) parameters)."""
+    index = blendshape_index(layout)
+    return {key: float(np.percentile(truth[:, [index[n] for n in names]].cpu().numpy(), percentile))
+            for key, names in keys.items() if all(n in index for n in names)}
+
+
+@torch.no_grad()
+def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, seed: int = HELD_OUT_SEED,
+                    reference_count: int = 4096) -> dict:
+    """What an animator sees: each key of ANIMATOR_KEYS set alone on every face's starting values (DFR's
+    reading, as "Match rig to face" gives them), and the head turned through YAW_SWEEP_DEG.
+
+    keys: per key, the fraction of the keyed change (target − the face's true value) that the edited face shows
+    (median over faces; faces already within 0.1 of the key are left out). yaw_sweep: the angle between the
+    edited face's rotation and the keyed one. On generators without exact parameters both are measured through
+    DFR re-estimation (self-estimated).
+    """
+    exact = hasattr(generator, "true_params")
+    truth = generator.true_params if exact else rig.fit
+    layout = rig.layout
+    device = next(rig.parameters()).device
+    w = sample_latents(generator, count, seed, psi).to(device)
+    start = rig.fit(w)
+    p_w = truth(w)
+    report: dict = {"count": count, "estimate": "exact" if exact else "self-estimated (DFR re-estimation)"}
+    index = blendshape_index(layout)
+    if "expression" in rig.rignets:
+        reference = _read(truth, sample_latents(generator, reference_count, seed + 1, psi).to(device))
+        keys = {}
+        for key, value in key_values(layout, reference).items():
+            idx = [index[n] for n in ANIMATOR_KEYS[key]]
+            target = start.clone()
+            target[:, idx] = value
+            before = p_w[:, idx].mean(1)
+            after = truth(rig.edit(w, "expression", target))[:, idx].mean(1)
+            keyed = value - before
+            valid = keyed.abs() > 0.1
+            shown = (after - before)[valid] / keyed[valid]
+            keys[key] = {"value": value, "faces": int(valid.sum()),
+                         **(_summary(shown) if valid.any() else {"median": math.nan, "mean": math.nan, "p90": math.nan})}
+        report["keys"] = keys
+    if "pose" in rig.rignets:
+        rot = layout.slice("rotation")
+        yaw = rot.start + 1  # rotation is (pitch, yaw, roll)
+        per_yaw = {}
+        errors = []
+        for deg in YAW_SWEEP_DEG:
+            target = start.clone()
+            target[:, yaw] = math.radians(deg)
+            err = rotation_error_deg(truth(rig.edit(w, "pose", target))[:, rot], target[:, rot])
+            per_yaw[f"{deg:+.0f}"] = float(err.median())
+            errors.append(err)
+        report["yaw_sweep"] = {**_summary(torch.cat(errors)), "per_yaw_median": per_yaw}
     return report
 
 
@@ -200,6 +312,11 @@ def format_table(report: dict) -> str:
     if "dfr" in report:
         lines.append("DFR error (median): " + ", ".join(
             f"{b} {v['median']:.2f}{'°' if b == 'rotation' else ''}" for b, v in report["dfr"].items()))
+    if "reader" in report:
+        corr = report["reader"]["expression_correlation"]
+        lines.append(f"DFR reads the {len(corr)} most varying blendshapes with correlation "
+                     f"{min(corr.values()):.2f}..{max(corr.values()):.2f}: " +
+                     ", ".join(f"{n} {r:.2f}" for n, r in corr.items()))
     if "dfr_observable" in report:
         obs = report["dfr_observable"]
         lines.append(f"DFR observable error (median): expression geometry {obs['expression_mm']['median']:.2f} mm, "
@@ -219,4 +336,14 @@ def format_table(report: dict) -> str:
             if identity:
                 line += f"{row.get('identity_similarity', {}).get('mean', math.nan):>15.3f}"
             lines.append(line)
+    animator = report.get("animator")
+    if animator:
+        lines += ["", f"animator keys ({animator['count']} faces, {animator['estimate']}): share of the keyed change shown"]
+        for key, row in animator.get("keys", {}).items():
+            lines.append(f"  {key:<13} to {row['value']:.2f}: median {100 * row['median']:6.1f} %  "
+                         f"(mean {100 * row['mean']:6.1f} %, {row['faces']} faces)")
+        if "yaw_sweep" in animator:
+            sweep = animator["yaw_sweep"]
+            lines.append(f"  yaw sweep {YAW_SWEEP_DEG[0]:+.0f}..{YAW_SWEEP_DEG[-1]:+.0f}°: median {sweep['median']:.2f}°, "
+                         f"p90 {sweep['p90']:.2f}°")
     return "\n".join(lines)
