@@ -414,3 +414,77 @@ def test_negative_loss_weights_are_refused():
         LossWeights.with_reg(-1e-3)
     with pytest.raises(ValueError, match="landmark"):
         LossWeights(landmark=float("nan"))
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_kind(corpus, tmp_path):
+    from stylerig_engine.rig.train import TrainConfig, train
+
+    root, _ = corpus
+    common = dict(net="dfr", corpus=str(root), batch=8, hidden=64, lr_schedule="constant")
+    source = train(TrainConfig(out=str(tmp_path / "a"), steps=3, lr=3e-3, **common), progress=False)
+    tuned = train(TrainConfig(out=str(tmp_path / "b"), steps=1, lr=1e-9, init=str(source), **common), progress=False)
+    fresh = train(TrainConfig(out=str(tmp_path / "c"), steps=1, lr=1e-9, **common), progress=False)
+    a, b, c = (load_network(p).state_dict() for p in (source, tuned, fresh))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # the run started from the source's weights
+    assert not torch.allclose(a["net.4.weight"], c["net.4.weight"])
+    with pytest.raises(ValueError, match="DFR checkpoint cannot start a RigNet"):
+        train(TrainConfig(net="rignet", mode="pose", dfr=str(source), init=str(source), corpus=str(root),
+                          out=str(tmp_path / "d"), steps=1, batch=8, hidden=64), progress=False)
+    with pytest.raises(ValueError, match="shapes differ"):
+        train(TrainConfig(out=str(tmp_path / "e"), steps=1, init=str(source), **{**common, "hidden": 32}),
+              progress=False)
+
+
+def test_loss_weights_from_the_command_line():
+    from stylerig_engine.rig.commands import parse_loss_weights
+    from stylerig_engine.rig.losses import LossWeights
+
+    w = parse_loss_weights("landmark=200, expression_reg=1e-5", LossWeights())
+    assert (w.landmark, w.expression_reg, w.identity_reg) == (200.0, 1e-5, LossWeights().identity_reg)
+    with pytest.raises(ValueError, match="NAME one of"):
+        parse_loss_weights("landmarks=2", LossWeights())
+    with pytest.raises(ValueError, match="not a number"):
+        parse_loss_weights("landmark=big", LossWeights())
+
+
+def test_animator_report_measures_the_share_of_a_keyed_change(layout):
+    """An edit that changes nothing shows 0 % of every key, and its yaw sweep misses by exactly the angle between
+    the face's own rotation and the keyed one; the keys are set to the world's own 99th percentile."""
+    from stylerig_engine.rig import load_rig
+    from stylerig_engine.rig.evaluate import (ANIMATOR_KEYS, YAW_SWEEP_DEG, animator_report, blendshape_index,
+                                              key_values, rotation_error_deg, sample_latents)
+    from stylerig_engine.synthetic import make_synthetic
+
+    world = make_synthetic("synthetic:64")
+    shipped = load_rig()
+    still = Rig(shipped.dfr, {m: RigNet(m, layout, num_ws=14, w_dim=512) for m in ("pose", "expression")}).eval()
+    report = animator_report(still, world, count=16, psi=0.8, reference_count=512)
+    assert set(report["keys"]) == set(ANIMATOR_KEYS)
+    for key, row in report["keys"].items():
+        assert row["median"] == 0.0 and row["faces"] > 8, key
+    truth = world.true_params(sample_latents(world, 512, 1_000_004, 0.8))
+    index = blendshape_index(layout)
+    blink = truth[:, [index["eyeBlink_L"], index["eyeBlink_R"]]].numpy()
+    assert report["keys"]["blink"]["value"] == pytest.approx(float(np.percentile(blink, 99)), rel=1e-6)
+    assert key_values(layout, truth)["blink"] == report["keys"]["blink"]["value"]
+    w = sample_latents(world, 16, 1_000_003, 0.8)
+    rot = layout.slice("rotation")
+    start = shipped.fit(w)
+    start[:, rot.start + 1] = np.radians(YAW_SWEEP_DEG[0])
+    expected = rotation_error_deg(world.true_params(w)[:, rot], start[:, rot]).median()
+    assert report["yaw_sweep"]["per_yaw_median"]["-30"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_reader_report_correlates_each_blendshape_with_the_truth():
+    from stylerig_engine.rig.evaluate import reader_report
+    from stylerig_engine.synthetic import make_synthetic
+
+    world = make_synthetic("synthetic:64")
+    exact = reader_report(world.true_params, world, count=256, psi=0.8)
+    assert len(exact["expression_correlation"]) == 20 and exact["min_correlation"] == pytest.approx(1.0)
+    assert exact["blocks"]["rotation"]["median"] < 1e-3
+    assert {"jawOpen", "eyeBlink_L", "mouthSmile_L"} <= set(exact["expression_correlation"])
+    blind = reader_report(lambda ws: world.true_params(ws.roll(1, 0)), world, count=256, psi=0.8)
+    assert abs(blind["expression_correlation"]["jawOpen"]) < 0.25  # another face's expression says nothing
+    with pytest.raises(ValueError, match="exact parameters"):
+        reader_report(world.true_params, object())

@@ -31,6 +31,9 @@ def register(subparsers) -> None:
         p.add_argument("--model", default=None, help="morphable model name or .npz (default: ICT)")
         p.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads per process (1 is often fastest on small, shared machines)")
+        p.add_argument("--loss", default=None, metavar="NAME=VALUE,...",
+                       help="override loss weights, e.g. landmark=200,expression_reg=1e-5 (names: "
+                            "LossWeights fields, see docs/rig.md)")
 
     dfr = kinds.add_parser("dfr", help="train DFR (latent -> face parameters), self-supervised")
     common(dfr)
@@ -45,6 +48,9 @@ def register(subparsers) -> None:
     rig.add_argument("--mode", required=True, choices=sorted(CONTROL_MODES))
     rig.add_argument("--dfr", required=True, help="DFR checkpoint (dfr.safetensors)")
     rig.add_argument("--layers", default=None, help="W+ layers the mode may change, e.g. 0-4 or 0,1,2")
+    for p in (dfr, rig):
+        p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="start from this checkpoint's weights (fine-tuning; same kind and shape)")
     rig.set_defaults(func=_train_one, net="rignet")
     everything = kinds.add_parser("all", help="corpus -> DFR -> RigNets (pose, expression, illumination) -> evaluation")
     common(everything, corpus=False)
@@ -94,6 +100,23 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(set(out))
 
 
+def parse_loss_weights(text: str, base):
+    """"landmark=200,expression_reg=1e-5" -> base (a LossWeights) with those fields replaced."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(base)}
+    changes = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in fields:
+            raise ValueError(f"--loss {part!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
+        try:
+            changes[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--loss {part!r}: {value!r} is not a number") from None
+    return dataclasses.replace(base, **changes)
+
+
 def _set_threads(args) -> None:
     if getattr(args, "threads", None):
         import torch
@@ -109,12 +132,18 @@ def _config(args, net: str, **overrides):
     kw = dict(net=net, out=args.out, batch=args.batch, seed=args.seed, tensorboard=args.tensorboard,
               device=args.device, model=args.model, steps=args.steps or defaults["steps"],
               lr=args.lr or defaults["lr"], lr_schedule=args.lr_schedule)
+    from .losses import LossWeights
+
+    weights = LossWeights()
     if net == "dfr":
         kw["layer_code"] = args.layer_code
         if args.reg is not None:
-            from .losses import LossWeights
-
-            kw["loss"] = asdict(LossWeights.with_reg(args.reg))
+            weights = LossWeights.with_reg(args.reg)
+    if getattr(args, "loss", None):
+        weights = parse_loss_weights(args.loss, weights)
+    kw["loss"] = asdict(weights)
+    if getattr(args, "init", None):
+        kw["init"] = args.init
     kw.update(overrides)
     return TrainConfig(**kw)
 

@@ -52,6 +52,8 @@ class TrainConfig:
       hidden: hidden width of the network.
       layer_code: DFR's per-layer code width (0: the paper's MLP on the flat W+; see networks.DFR).
       model: morphable model name or .npz path (default: the default ICT model).
+      init: a checkpoint of the same kind and shape whose weights (and input statistics) start the run
+        (fine-tuning); None starts from a fresh initialisation.
       loss: LossWeights fields.
       rignet_loss: RigNetLossWeights fields.
       checkpoint_every: steps between checkpoints.
@@ -75,6 +77,7 @@ class TrainConfig:
     hidden: int = 256
     layer_code: int = 64
     model: str | None = None
+    init: str | None = None
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
     rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
     checkpoint_every: int = 200
@@ -169,6 +172,19 @@ def latent_statistics(corpus: Corpus, count: int = 1000) -> torch.Tensor:
     return torch.stack([corpus.sample(i).ws for i in range(min(count, len(corpus)))])
 
 
+def _initialise_from(net: DFR | RigNet, path: str) -> None:
+    """Copy the weights of checkpoint `path` into net, which must have the same kind, mode and shapes."""
+    source = load_network(path, "cpu")
+    if type(source) is not type(net) or getattr(source, "mode", None) != getattr(net, "mode", None):
+        raise ValueError(f"--init {path}: a {type(source).__name__} checkpoint cannot start a {net.__class__.__name__}"
+                         + (f" for mode {net.mode!r}" if isinstance(net, RigNet) else ""))
+    theirs, ours = source.state_dict(), net.state_dict()
+    mismatch = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if mismatch:
+        raise ValueError(f"--init {path}: its shapes differ from this run's network ({', '.join(mismatch[:4])})")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in theirs.items()})
+
+
 # ---- the run --------------------------------------------------------------------------------------------
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
     tensors = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
@@ -227,6 +243,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             raise ValueError(f"{cfg.dfr} is not a DFR checkpoint")
         dfr.requires_grad_(False)
     net.normaliser.set_statistics(latent_statistics(corpus))
+    if cfg.init:
+        _initialise_from(net, cfg.init)
     net = net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step = 0
