@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     dfr.add_argument("--reg", type=float, default=None,
                      help="weight of the statistical regulariser of identity, albedo and expression "
                           "(default: LossWeights', see docs/rig.md)")
+    dfr.add_argument("--distill", type=float, default=0.0,
+                     help="weight of the landmark-fit distillation term (0: off; see docs/rig.md); best with --init "
+                          "a trained DFR")
     dfr.set_defaults(func=_train_one, net="dfr")
     rig = kinds.add_parser("rignet", help="train the RigNet of one control mode against a trained DFR")
     common(rig)
@@ -144,6 +147,8 @@ def _config(args, net: str, **overrides):
     kw["loss"] = asdict(weights)
     if getattr(args, "init", None):
         kw["init"] = args.init
+    if net == "dfr" and getattr(args, "distill", 0):
+        kw["distill"] = args.distill
     kw.update(overrides)
     return TrainConfig(**kw)
 

@@ -134,3 +134,56 @@ def closed_loop_edit(rig: Rig, reader: ImageReader, ws: torch.Tensor, mode: str,
         best_miss = torch.where(better, size, best_miss)
         command[:, index] += gain * miss
     return best
+
+
+# ---- landmark fits: the geometry a face's landmarks show, cheap enough for a whole corpus ----------------------
+GEOMETRY_BLOCKS = ("identity", "expression", "rotation", "translation")  # the blocks landmarks depend on
+# Weights of the landmark fit: a weak identity prior and a weaker expression prior, so that a keyed-sized
+# blendshape (a blink at 0.8) costs less than the landmark shift it explains (docs/rig.md, "Why DFR was blind").
+LANDMARK_FIT_WEIGHTS = LossWeights(photometric=0.0, landmark=200.0, identity_reg=1e-4, albedo_reg=0.0,
+                                   expression_reg=1e-6)
+
+
+def fit_landmarks(renderer: FaceRenderer, landmarks: torch.Tensor, start: torch.Tensor, *, steps: int = 300,
+                  lr: float = 0.05, weights: LossWeights = LANDMARK_FIT_WEIGHTS) -> torch.Tensor:
+    """Parameters (B, D) whose GEOMETRY_BLOCKS are fitted to 68-point landmarks; other blocks stay at `start`.
+
+    No image is rendered (landmarks are projected mesh vertices), so a fit of 1,024 faces takes seconds on one
+    CPU core: a cheap per-image reading of pose and of the expressions landmarks show, used as DFR's distillation
+    targets. Keyword args:
+      renderer: FaceRenderer at the landmarks' resolution.
+      landmarks: (B, 68, 2) pixels.
+      start: (B, D) initial parameters (a trained DFR's reading fits far better than the prior mean).
+      steps: Adam steps, learning rate on a cosine from lr to 0 (in prior standard deviations).
+      weights: landmark weight and the identity/expression priors.
+    """
+    layout = renderer.layout
+    if start.ndim != 2 or start.shape != (len(landmarks), layout.dim):
+        raise ValueError(f"start must be ({len(landmarks)}, {layout.dim}), got {tuple(start.shape)}")
+    loss = FaceLoss(renderer, weights).to(start.device)
+    mean = torch.as_tensor(layout.prior_mean, dtype=start.dtype, device=start.device)
+    std = torch.as_tensor(layout.prior_std, dtype=start.dtype, device=start.device)
+    free = torch.as_tensor(layout.mask(GEOMETRY_BLOCKS), device=start.device)
+    z0 = (start.detach() - mean) / std
+    z = z0.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+
+    low = torch.full_like(mean, -torch.inf)
+    high = torch.full_like(mean, torch.inf)
+    if layout.expression_range is not None:  # blendshape weights stay in their range (out of place, for autograd)
+        low[layout.slice("expression")], high[layout.slice("expression")] = layout.expression_range
+
+    def params() -> torch.Tensor:
+        return (mean + std * torch.where(free, z, z0)).clamp(low, high)
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            p = params()
+            total = (loss.weighted(loss.data_terms(p, None, landmarks, photometric=False))
+                     + loss.regulariser(p)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            schedule.step()
+    return params().detach()

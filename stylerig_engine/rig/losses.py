@@ -93,12 +93,16 @@ class FaceLoss(torch.nn.Module):
     def layout(self) -> ParamLayout:
         return self.renderer.layout
 
-    def data_terms(self, params: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor,
+    def data_terms(self, params: torch.Tensor, images: torch.Tensor | None, landmarks: torch.Tensor,
                    *, photometric: bool = True) -> dict[str, torch.Tensor]:
-        """Photometric and landmark terms of params (B, D) against images (B, 3, H, W) and landmarks (B, 68, 2)."""
+        """Photometric and landmark terms of params (B, D) against images (B, 3, H, W) and landmarks (B, 68, 2)
+        (images may be None with photometric=False: the landmark term alone needs no render)."""
         size = self.renderer.image_size
-        assert images.shape[1:] == (3, size, size), f"images must be (B, 3, {size}, {size}), got {tuple(images.shape)}"
-        assert landmarks.shape[1:] == (68, 2), f"landmarks must be (B, 68, 2), got {tuple(landmarks.shape)}"
+        if photometric and (images is None or images.shape[1:] != (3, size, size)):
+            raise ValueError(f"images must be (B, 3, {size}, {size}), got "
+                             f"{None if images is None else tuple(images.shape)}")
+        if landmarks.shape[1:] != (68, 2):
+            raise ValueError(f"landmarks must be (B, 68, 2), got {tuple(landmarks.shape)}")
         terms = {}
         if photometric:
             out = self.renderer(params)

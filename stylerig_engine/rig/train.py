@@ -11,6 +11,7 @@ averages gradients, so N processes follow the same trajectory as one process wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
@@ -54,6 +56,11 @@ class TrainConfig:
       model: morphable model name or .npz path (default: the default ICT model).
       init: a checkpoint of the same kind and shape whose weights (and input statistics) start the run
         (fine-tuning); None starts from a fresh initialisation.
+      distill: DFR only: weight of the landmark-fit distillation term. Every corpus sample's landmarks are fitted
+        once (fitting.fit_landmarks, started from the run's initial DFR, cached in <out>/dfr.fit-targets.safetensors)
+        and DFR's DISTILL_BLOCKS are pulled towards that fit, in prior standard deviations: a per-image,
+        well-conditioned reading of pose and expression that the self-supervised loss alone does not teach an
+        amortised network (docs/rig.md). 0 turns it off. Best from a trained DFR (init).
       loss: LossWeights fields.
       rignet_loss: RigNetLossWeights fields.
       checkpoint_every: steps between checkpoints.
@@ -78,6 +85,7 @@ class TrainConfig:
     layer_code: int = 64
     model: str | None = None
     init: str | None = None
+    distill: float = 0.0
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
     rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
     checkpoint_every: int = 200
@@ -92,6 +100,8 @@ class TrainConfig:
             raise ValueError("a RigNet run needs --mode and --dfr (a trained DFR checkpoint)")
         if self.steps < 1 or self.batch < 2 or self.lr <= 0:
             raise ValueError("steps must be >= 1, batch >= 2 and lr > 0")
+        if not self.distill >= 0 or (self.distill and self.net != "dfr"):
+            raise ValueError(f"distill must be >= 0 and is for DFR runs only, got {self.distill} for {self.net}")
         if self.lr_schedule not in ("cosine", "constant") or not 0 <= self.warmup < 1:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant' and warmup in [0, 1), got "
                              f"{self.lr_schedule!r}, {self.warmup}")
@@ -185,6 +195,42 @@ def _initialise_from(net: DFR | RigNet, path: str) -> None:
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in theirs.items()})
 
 
+# ---- landmark-fit distillation -------------------------------------------------------------------------
+DISTILL_BLOCKS = ("expression", "rotation", "translation")  # what a face's 68 landmarks pin down per image
+
+
+def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 1024,
+                         progress: bool = True) -> torch.Tensor:
+    """(N, D) landmark fits of every corpus sample, started from dfr's reading; cached at `path` (atomic)."""
+    from .fitting import fit_landmarks
+
+    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)),
+           "dfr": hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
+                                          for v in dfr.state_dict().values())).hexdigest()[:16]}
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if f.metadata() == key:
+                return f.get_tensor("targets")
+    device = next(dfr.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(corpus), chunk), desc="landmark fits", unit="chunk", disable=not progress):
+        idx = np.arange(start, min(start + chunk, len(corpus)))
+        ws, _, landmarks = load_batch(corpus, idx, device)
+        with torch.no_grad():
+            reading = dfr(ws)
+        out.append(fit_landmarks(renderer, landmarks, reading).cpu())
+    targets = torch.cat(out)
+    with atomic_write(path) as f:
+        f.write(save({"targets": targets.contiguous()}, metadata=key))
+    return targets
+
+
+def distill_term(layout, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of params' DISTILL_BLOCKS from the targets, in prior standard deviations."""
+    mask = torch.as_tensor(layout.mask(DISTILL_BLOCKS), device=params.device)
+    return (layout.normalise(params) - layout.normalise(targets))[:, mask].square().mean()
+
+
 # ---- the run --------------------------------------------------------------------------------------------
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
     tensors = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
@@ -246,6 +292,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if cfg.init:
         _initialise_from(net, cfg.init)
     net = net.to(device)
+    targets = None
+    if cfg.distill:  # from the run's initial network, before a resumed state replaces it
+        target_path = out / "dfr.fit-targets.safetensors"
+        if rank == 0:  # every rank reads the one table rank 0 writes
+            landmark_fit_targets(corpus, net, renderer, target_path, progress=progress)
+        d = _dist()
+        if d is not None:
+            d.barrier()
+        targets = landmark_fit_targets(corpus, net, renderer, target_path, progress=False).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step = 0
     if resume and ckpt.exists() and state_path.exists():
@@ -269,7 +324,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
             ws, images, landmarks = load_batch(corpus, idx, device)
             if dfr is None:
-                total, stats = dfr_loss(loss, net(ws), images, landmarks)
+                params = net(ws)
+                total, stats = dfr_loss(loss, params, images, landmarks)
+                if targets is not None:
+                    distilled = distill_term(layout, params, targets[torch.as_tensor(idx, device=device)])
+                    total = total + cfg.distill * distilled
+                    stats["distill"] = distilled.item()
             else:  # each latent is edited towards the next one in the batch
                 total, stats = rignet_loss(loss, dfr, net, w=ws, v=ws.roll(1, 0), image_w=images,
                                            image_v=images.roll(1, 0), landmarks_w=landmarks,
