@@ -74,6 +74,10 @@ def register(subparsers) -> None:
                             help="also copy the trained networks (float16), configs and evaluation.json to DIR, "
                                  "e.g. stylerig_engine/data/rig/synthetic")
     everything.set_defaults(func=_train_all)
+    for p in (rig, everything):
+        p.add_argument("--rignet-loss", default=None, metavar="NAME=VALUE,...",
+                       help="override RigNet loss weights, e.g. parameter_edit=1,parameter_consistency=1 (names: "
+                            "RigNetLossWeights fields, see docs/rig.md)")
 
     ev = subparsers.add_parser("evaluate", help="measure a rig's control accuracy and drift on held-out latents")
     ev.add_argument("--rig", default=None, help="rig directory (default: the shipped synthetic-world rig)")
@@ -103,8 +107,8 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(set(out))
 
 
-def parse_loss_weights(text: str, base):
-    """"landmark=200,expression_reg=1e-5" -> base (a LossWeights) with those fields replaced."""
+def parse_loss_weights(text: str, base, option: str = "--loss"):
+    """"landmark=200,expression_reg=1e-5" -> base (a LossWeights or RigNetLossWeights) with those fields replaced."""
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(base)}
@@ -112,11 +116,11 @@ def parse_loss_weights(text: str, base):
     for part in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or name.strip() not in fields:
-            raise ValueError(f"--loss {part!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
+            raise ValueError(f"{option} {part!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
         try:
             changes[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--loss {part!r}: {value!r} is not a number") from None
+            raise ValueError(f"{option} {part!r}: {value!r} is not a number") from None
     return dataclasses.replace(base, **changes)
 
 
@@ -149,6 +153,11 @@ def _config(args, net: str, **overrides):
         kw["init"] = args.init
     if net == "dfr" and getattr(args, "distill", 0):
         kw["distill"] = args.distill
+    if net == "rignet":
+        from .losses import RigNetLossWeights
+
+        text = getattr(args, "rignet_loss", None) or ""
+        kw["rignet_loss"] = asdict(parse_loss_weights(text, RigNetLossWeights(), "--rignet-loss"))
     kw.update(overrides)
     return TrainConfig(**kw)
 

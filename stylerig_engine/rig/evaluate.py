@@ -197,6 +197,19 @@ def _read(fn, ws: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([fn(ws[i:i + batch]) for i in range(0, len(ws), batch)])
 
 
+def expression_correlation(layout, estimate: torch.Tensor, truth: torch.Tensor, top: int = 20) -> dict[str, float]:
+    """Pearson correlation of estimated and true weights of the `top` blendshapes that vary most in truth."""
+    s = layout.slice("expression")
+    names = [n.split("/")[-1] for n in layout.names[s]]
+    e_true, e_est = truth[:, s].double(), estimate[:, s].double()
+    order = torch.argsort(e_true.std(0), descending=True)[:top]
+    correlation = {}
+    for k in order.tolist():
+        a, b = e_true[:, k] - e_true[:, k].mean(), e_est[:, k] - e_est[:, k].mean()
+        correlation[names[k]] = float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
+    return correlation
+
+
 @torch.no_grad()
 def reader_report(read, generator, *, count: int = 1024, psi: float = 0.7, seed: int = HELD_OUT_SEED,
                   top: int = 20) -> dict:
@@ -211,14 +224,7 @@ def reader_report(read, generator, *, count: int = 1024, psi: float = 0.7, seed:
     layout = generator.layout
     w = sample_latents(generator, count, seed, psi)
     truth, est = _read(generator.true_params, w), _read(read, w)
-    s = layout.slice("expression")
-    names = [n.split("/")[-1] for n in layout.names[s]]
-    e_true, e_est = truth[:, s].double(), est[:, s].double()
-    order = torch.argsort(e_true.std(0), descending=True)[:top]
-    correlation = {}
-    for k in order.tolist():
-        a, b = e_true[:, k] - e_true[:, k].mean(), e_est[:, k] - e_est[:, k].mean()
-        correlation[names[k]] = float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
+    correlation = expression_correlation(layout, est, truth, top)
     errors = block_errors(layout, est, truth)
     report = {"count": count, "psi": psi, "seed": seed, "expression_correlation": correlation,
               "min_correlation": min(correlation.values()),

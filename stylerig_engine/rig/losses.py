@@ -143,9 +143,21 @@ def dfr_loss(loss: FaceLoss, params: torch.Tensor, images: torch.Tensor, landmar
 
 @dataclass
 class RigNetLossWeights:
+    """Weights of RigNet's terms. The paper's L_edit and L_consist compare renders with images; the parameter
+    terms compare DFR's readings directly (in prior standard deviations): F(ŵ)'s controlled blocks against the
+    target's, F(ŵ)'s other blocks against F(w)'s. They need no render and give every controlled coefficient its
+    own gradient, which the render terms do only weakly for small features such as an eyelid (docs/rig.md)."""
+
     reconstruction: float = 1.0
     edit: float = 1.0
     consistency: float = 1.0
+    parameter_edit: float = 0.0
+    parameter_consistency: float = 0.0
+
+    def __post_init__(self):
+        negative = {k: v for k, v in vars(self).items() if not v >= 0}
+        if negative:
+            raise ValueError(f"RigNet loss weights must be >= 0, got {negative}")
 
 
 def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor, image_w: torch.Tensor,
@@ -167,11 +179,22 @@ def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor
     p_hat = dfr(w_hat)
     p_edit = layout.replace(p_v.detach(), p_hat, blocks)
     p_consist = layout.replace(p_hat, p_w.detach(), blocks)
-    edit_terms = loss.data_terms(p_edit, image_v, landmarks_v)
-    consist_terms = loss.data_terms(p_consist, image_w, landmarks_w)
-    total = (weights.reconstruction * rec + weights.edit * loss.weighted(edit_terms)
-             + weights.consistency * loss.weighted(consist_terms)).mean()
-    stats = {"loss": total.item(), "rec": rec.mean().item(),
-             **{f"edit_{k}": t.mean().item() for k, t in edit_terms.items()},
-             **{f"consist_{k}": t.mean().item() for k, t in consist_terms.items()}}
-    return total, stats
+    total = weights.reconstruction * rec
+    stats = {"rec": rec.mean().item()}
+    if weights.edit:
+        edit_terms = loss.data_terms(p_edit, image_v, landmarks_v)
+        total = total + weights.edit * loss.weighted(edit_terms)
+        stats.update({f"edit_{k}": t.mean().item() for k, t in edit_terms.items()})
+    if weights.consistency:
+        consist_terms = loss.data_terms(p_consist, image_w, landmarks_w)
+        total = total + weights.consistency * loss.weighted(consist_terms)
+        stats.update({f"consist_{k}": t.mean().item() for k, t in consist_terms.items()})
+    if weights.parameter_edit or weights.parameter_consistency:
+        controlled = torch.as_tensor(layout.mask(blocks), device=w.device)
+        miss = (layout.normalise(p_hat) - layout.normalise(p_v.detach())).square()
+        drift = (layout.normalise(p_hat) - layout.normalise(p_w.detach())).square()
+        param_edit, param_consist = miss[:, controlled].mean(1), drift[:, ~controlled].mean(1)
+        total = total + weights.parameter_edit * param_edit + weights.parameter_consistency * param_consist
+        stats.update(param_edit=param_edit.mean().item(), param_consist=param_consist.mean().item())
+    total = total.mean()
+    return total, {"loss": total.item(), **stats}

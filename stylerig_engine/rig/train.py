@@ -226,9 +226,10 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
 
 
 def distill_term(layout, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance of params' DISTILL_BLOCKS from the targets, in prior standard deviations."""
-    mask = torch.as_tensor(layout.mask(DISTILL_BLOCKS), device=params.device)
-    return (layout.normalise(params) - layout.normalise(targets))[:, mask].square().mean()
+    """Squared distance of params' DISTILL_BLOCKS from the targets in prior standard deviations: the mean over
+    blocks of each block's mean, so that rotation's 3 entries count as much as expression's 53."""
+    sq = (layout.normalise(params) - layout.normalise(targets)).square()
+    return sum(sq[:, layout.slice(b)].mean() for b in DISTILL_BLOCKS) / len(DISTILL_BLOCKS)
 
 
 # ---- the run --------------------------------------------------------------------------------------------
