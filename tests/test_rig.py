@@ -300,9 +300,16 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
 
     run, ship = tmp_path / "run", tmp_path / "ship"
     assert main(["train", "all", "--generator", "synthetic:32", "--count", "32", "--batch", "8", "--dfr-steps", "2",
-                 "--rignet-steps", "2", "--modes", "pose", "--eval-count", "8", "--layer-code", "8",
-                 "--reg", "3e-4", "--out", str(run), "--ship", str(ship)]) == 0
+                 "--distill-steps", "2", "--rignet-steps", "2", "--modes", "pose", "--eval-count", "8",
+                 "--layer-code", "8", "--reg", "3e-4", "--out", str(run), "--ship", str(ship)]) == 0
     report = json.loads((ship / "evaluation.json").read_text())
+    # two DFR stages: self-supervised, then distilled from landmark fits started from the first
+    first = json.loads((run / "dfr-self-supervised" / "dfr.config.json").read_text())
+    second = json.loads((run / "dfr.config.json").read_text())
+    assert (first["distill"], first["steps"], second["steps"]) == (0.0, 2, 2)
+    assert second["distill"] == 10.0 and second["init"] == str(run / "dfr-self-supervised" / "dfr.safetensors")
+    assert (run / "dfr.fit-targets.safetensors").is_file() and report["training"]["distill_steps"] == 2
+    assert set(report["animator"]["yaw_sweep"]["per_yaw_median"]) == {"-30", "-20", "-10", "+0", "+10", "+20", "+30"}
     assert report["training"]["layer_code"] == 8 and report["training"]["lr_schedule"] == "cosine"
     dfr_config = json.loads((ship / "dfr.config.json").read_text())
     assert dfr_config["layer_code"] == 8

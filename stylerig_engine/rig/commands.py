@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     everything.add_argument("--dfr-steps", type=int, default=1500)
     everything.add_argument("--layer-code", type=int, default=64, help="DFR's per-W+-layer code width (0: flat MLP)")
     everything.add_argument("--reg", type=float, default=None, help="DFR's statistical regulariser weight")
+    everything.add_argument("--distill-steps", type=int, default=500,
+                            help="steps of DFR's second stage, distilled from landmark fits (0: no second stage)")
+    everything.add_argument("--distill", type=float, default=10.0, help="weight of the distillation term")
+    everything.add_argument("--distill-lr", type=float, default=5e-4, help="learning rate of the second stage")
     everything.add_argument("--rignet-steps", type=int, default=1000)
     everything.add_argument("--rignet-batch", type=int, default=None, help="RigNet batch (default: --batch)")
     everything.add_argument("--eval-count", type=int, default=256)
@@ -188,8 +192,14 @@ def _train_all(args) -> int:
     corpus_dir = out / "corpus"
     build_corpus(CorpusConfig(generator=args.generator, count=args.count, size=size, psi=args.psi,
                               mixing=args.mixing, seed=args.seed), corpus_dir, generator=generator)
-    dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.dfr_steps)
-    dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
+    # DFR: self-supervised, then (--distill-steps) distilled from landmark fits started from that first DFR
+    stage1 = out / "dfr-self-supervised" if args.distill_steps else out
+    dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.dfr_steps, out=str(stage1), distill=0.0)
+    dfr_path = train(dfr_cfg, resume=args.resume or (stage1 / "dfr.safetensors").exists())
+    if args.distill_steps:
+        dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.distill_steps, init=str(dfr_path),
+                          distill=args.distill, lr=args.distill_lr)
+        dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps,
@@ -198,7 +208,8 @@ def _train_all(args) -> int:
     rig = load_rig(out)
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
-                          "dfr_steps": args.dfr_steps, "rignet_steps": args.rignet_steps, "batch": args.batch,
+                          "dfr_steps": args.dfr_steps, "distill_steps": args.distill_steps, "distill": args.distill,
+                          "rignet_steps": args.rignet_steps, "batch": args.batch,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,
                           "lr_schedule": args.lr_schedule}

@@ -151,8 +151,8 @@ class RigNetLossWeights:
     reconstruction: float = 1.0
     edit: float = 1.0
     consistency: float = 1.0
-    parameter_edit: float = 0.0
-    parameter_consistency: float = 0.0
+    parameter_edit: float = 1.0
+    parameter_consistency: float = 3.0
 
     def __post_init__(self):
         negative = {k: v for k, v in vars(self).items() if not v >= 0}

@@ -201,28 +201,52 @@ DISTILL_BLOCKS = ("expression", "rotation", "translation")  # what a face's 68 l
 
 def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 1024,
                          progress: bool = True) -> torch.Tensor:
-    """(N, D) landmark fits of every corpus sample, started from dfr's reading; cached at `path` (atomic)."""
+    """(N, D) landmark fits of every corpus sample, started from dfr's reading; cached at `path` (atomic).
+
+    Under torchrun every rank fits every world-th chunk and rank 0 assembles the table; call on every rank."""
     from .fitting import fit_landmarks
 
     key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)),
            "dfr": hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
                                           for v in dfr.state_dict().values())).hexdigest()[:16]}
-    if path.is_file():
-        with safe_open(str(path), "pt") as f:
-            if f.metadata() == key:
-                return f.get_tensor("targets")
+
+    def cached() -> torch.Tensor | None:
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                if f.metadata() == key:
+                    return f.get_tensor("targets")
+        return None
+
+    table = cached()
+    if table is not None:
+        return table
+    d = _dist()
+    rank, world = (d.get_rank(), d.get_world_size()) if d else (0, 1)
     device = next(dfr.parameters()).device
-    out = []
-    for start in tqdm(range(0, len(corpus), chunk), desc="landmark fits", unit="chunk", disable=not progress):
-        idx = np.arange(start, min(start + chunk, len(corpus)))
-        ws, _, landmarks = load_batch(corpus, idx, device)
+    starts = list(range(0, len(corpus), chunk))
+    mine = {}
+    for start in tqdm(starts[rank::world], desc="landmark fits", unit="chunk", disable=not progress or rank != 0):
+        ws, _, landmarks = load_batch(corpus, np.arange(start, min(start + chunk, len(corpus))), device)
         with torch.no_grad():
             reading = dfr(ws)
-        out.append(fit_landmarks(renderer, landmarks, reading).cpu())
-    targets = torch.cat(out)
-    with atomic_write(path) as f:
-        f.write(save({"targets": targets.contiguous()}, metadata=key))
-    return targets
+        mine[str(start)] = fit_landmarks(renderer, landmarks, reading).cpu().contiguous()
+    part = path.with_name(f"{path.name}.part{rank}")
+    if world > 1:
+        with atomic_write(part) as f:
+            f.write(save(mine))
+        d.barrier()
+    if rank == 0:
+        for r in range(1, world):
+            other = path.with_name(f"{path.name}.part{r}")
+            mine.update(load_file(str(other)))
+            other.unlink()
+        part.unlink(missing_ok=True)
+        table = torch.cat([mine[str(start)] for start in starts])
+        with atomic_write(path) as f:
+            f.write(save({"targets": table}, metadata=key))
+    if world > 1:
+        d.barrier()
+    return table if table is not None else cached()
 
 
 def distill_term(layout, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -295,13 +319,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     net = net.to(device)
     targets = None
     if cfg.distill:  # from the run's initial network, before a resumed state replaces it
-        target_path = out / "dfr.fit-targets.safetensors"
-        if rank == 0:  # every rank reads the one table rank 0 writes
-            landmark_fit_targets(corpus, net, renderer, target_path, progress=progress)
-        d = _dist()
-        if d is not None:
-            d.barrier()
-        targets = landmark_fit_targets(corpus, net, renderer, target_path, progress=False).to(device)
+        targets = landmark_fit_targets(corpus, net, renderer, out / "dfr.fit-targets.safetensors",
+                                       progress=progress).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step = 0
     if resume and ckpt.exists() and state_path.exists():
