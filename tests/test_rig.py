@@ -291,6 +291,17 @@ def test_shipped_rig_reproduces_its_evaluation():
         assert rows["rignet"]["drift_mean"] < rows["naive"]["drift_mean"]
         assert rows["rignet"]["control"][CONTROL_MODES[mode][0]]["mean"] <= rows["no_edit"]["control"][
             CONTROL_MODES[mode][0]]["mean"]
+    # the animator's view: each keyed expression shows the share of its change the report claims, and the head
+    # follows a yaw sweep as closely as claimed
+    animator, claimed_animator = report["animator"], claimed["animator"]
+    assert set(animator["keys"]) == set(claimed_animator["keys"])
+    for key, row in animator["keys"].items():
+        assert row["value"] == pytest.approx(claimed_animator["keys"][key]["value"], abs=0.05), key
+        assert row["median"] == pytest.approx(claimed_animator["keys"][key]["median"], abs=0.15), key
+    assert animator["yaw_sweep"]["median"] == pytest.approx(claimed_animator["yaw_sweep"]["median"], rel=0.25)
+    corr = report["reader"]["expression_correlation"]
+    for name, r in claimed["reader"]["expression_correlation"].items():
+        assert corr[name] == pytest.approx(r, abs=0.03), name
 
 
 def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
