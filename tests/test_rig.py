@@ -556,3 +556,30 @@ def test_dfr_distillation_caches_its_targets_and_logs_the_term(corpus, tmp_path)
     assert table.stat().st_mtime_ns == stamp  # the resumed run reused the table
     with pytest.raises(ValueError, match="distill"):
         TrainConfig(net="rignet", mode="pose", dfr="x", corpus="c", out="o", distill=1.0)
+
+
+def test_rignet_parameter_terms_without_rendering(model, layout):
+    """With the render terms off, RigNet's loss reads only DFR: an identity edit keeps every other block
+    (P_consist = 0) and misses the target by exactly F(w)'s distance from F(v); edit_focus weighs what changes."""
+    from stylerig_engine.render.face import FaceRenderer
+    from stylerig_engine.rig.losses import FaceLoss, RigNetLossWeights, region_model, rignet_loss
+
+    torch.manual_seed(0)
+    dfr = DFR(layout, num_ws=14, w_dim=512, hidden=32, layer_code=8)
+    torch.nn.init.normal_(dfr.net[-1].weight, std=0.1)
+    rignet = RigNet("expression", layout, num_ws=14, w_dim=512)  # zero output layer: ŵ = w
+    loss = FaceLoss(FaceRenderer(region_model(model), layout, image_size=32))
+    w, v = torch.randn(4, 14, 512), torch.randn(4, 14, 512)
+    mask = torch.as_tensor(layout.mask(["expression"]))
+    z_w, z_v = layout.normalise(dfr(w)).detach(), layout.normalise(dfr(v)).detach()
+    for focus in (0.0, 2.0):
+        weights = RigNetLossWeights(edit=0, consistency=0, reconstruction=0, parameter_edit=1, parameter_consistency=1,
+                                    edit_focus=focus)
+        total, stats = rignet_loss(loss, dfr, rignet, w=w, v=v, image_w=None, image_v=None, landmarks_w=None,
+                                   landmarks_v=None, weights=weights)
+        f = 1 + focus * (z_v - z_w).abs()[:, mask]
+        expected = ((f * (z_w - z_v)[:, mask].square()).sum(1) / f.sum(1)).mean()
+        assert stats["param_consist"] == 0.0 and "edit_photometric" not in stats
+        assert float(total.detach()) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="edit_focus"):
+        RigNetLossWeights(edit_focus=-1)

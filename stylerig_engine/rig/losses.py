@@ -146,13 +146,16 @@ class RigNetLossWeights:
     """Weights of RigNet's terms. The paper's L_edit and L_consist compare renders with images; the parameter
     terms compare DFR's readings directly (in prior standard deviations): F(ŵ)'s controlled blocks against the
     target's, F(ŵ)'s other blocks against F(w)'s. They need no render and give every controlled coefficient its
-    own gradient, which the render terms do only weakly for small features such as an eyelid (docs/rig.md)."""
+    own gradient, which the render terms do only weakly for small features such as an eyelid (docs/rig.md).
+    edit_focus weighs the controlled entries by how much the edit changes them, so that a keyed smile is not
+    traded against the cheek squint the world couples with it."""
 
     reconstruction: float = 1.0
     edit: float = 1.0
     consistency: float = 1.0
     parameter_edit: float = 1.0
     parameter_consistency: float = 3.0
+    edit_focus: float = 0.0  # P_edit weighs entry i by 1 + edit_focus · |F(v)_i − F(w)_i| / σ_i: what the edit changes
 
     def __post_init__(self):
         negative = {k: v for k, v in vars(self).items() if not v >= 0}
@@ -191,9 +194,10 @@ def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor
         stats.update({f"consist_{k}": t.mean().item() for k, t in consist_terms.items()})
     if weights.parameter_edit or weights.parameter_consistency:
         controlled = torch.as_tensor(layout.mask(blocks), device=w.device)
-        miss = (layout.normalise(p_hat) - layout.normalise(p_v.detach())).square()
-        drift = (layout.normalise(p_hat) - layout.normalise(p_w.detach())).square()
-        param_edit, param_consist = miss[:, controlled].mean(1), drift[:, ~controlled].mean(1)
+        z_hat, z_v, z_w = layout.normalise(p_hat), layout.normalise(p_v.detach()), layout.normalise(p_w.detach())
+        focus = 1 + weights.edit_focus * (z_v - z_w).abs()  # an animator's key counts more than what stays put
+        miss = (focus * (z_hat - z_v).square())[:, controlled].sum(1) / focus[:, controlled].sum(1)
+        param_edit, param_consist = miss, (z_hat - z_w).square()[:, ~controlled].mean(1)
         total = total + weights.parameter_edit * param_edit + weights.parameter_consistency * param_consist
         stats.update(param_edit=param_edit.mean().item(), param_consist=param_consist.mean().item())
     total = total.mean()
