@@ -155,7 +155,7 @@ class RigNetLossWeights:
     consistency: float = 1.0
     parameter_edit: float = 1.0
     parameter_consistency: float = 3.0
-    edit_focus: float = 0.0  # P_edit weighs entry i by 1 + edit_focus · |F(v)_i − F(w)_i| / σ_i: what the edit changes
+    edit_focus: float = 2.0  # P_edit weighs entry i by 1 + edit_focus · |F(v)_i − F(w)_i| / σ_i: what the edit changes
 
     def __post_init__(self):
         negative = {k: v for k, v in vars(self).items() if not v >= 0}
