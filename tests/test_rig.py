@@ -509,8 +509,8 @@ def test_reader_report_correlates_each_blendshape_with_the_truth():
 
 
 def test_landmark_fit_reads_pose_and_expression_without_rendering(layout):
-    """From DFR's reading, a landmark fit moves only the geometry blocks and brings rotation and the blendshapes
-    an animator keys most (smile, blink, jaw) much closer to the truth. (The RMSE over all 53 blendshapes need not
+    """From DFR's reading with a neutral expression, a landmark fit moves only the geometry blocks and brings rotation
+    and the blendshapes an animator keys most (smile, blink, jaw) much closer to the truth. (The RMSE over all 53 blendshapes need not
     shrink: those the landmarks do not see wander under the weak prior.)"""
     from stylerig_engine.render.face import FaceRenderer
     from stylerig_engine.rig import load_rig
@@ -523,6 +523,7 @@ def test_landmark_fit_reads_pose_and_expression_without_rendering(layout):
     w = sample_latents(world, 64, 99, 0.8)
     truth, landmarks = world.true_params(w), world.landmarks(w)
     start = load_rig().fit(w)
+    start[:, layout.slice("expression")] = torch.as_tensor(layout.prior_mean[layout.slice("expression")])  # blind
     renderer = FaceRenderer(region_model(world.model), layout, image_size=64)
     fitted = fit_landmarks(renderer, landmarks, start, steps=200)
     kept = ~torch.as_tensor(layout.mask(GEOMETRY_BLOCKS))
@@ -531,7 +532,7 @@ def test_landmark_fit_reads_pose_and_expression_without_rendering(layout):
     assert after["rotation"].median() < 0.6 * before["rotation"].median()
     index = blendshape_index(layout)
     keyed = [index[n] for n in ("mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R", "jawOpen")]
-    assert (fitted - truth)[:, keyed].abs().mean() < 0.7 * (start - truth)[:, keyed].abs().mean()
+    assert (fitted - truth)[:, keyed].abs().mean() < 0.6 * (start - truth)[:, keyed].abs().mean()
     lm_before = (renderer.landmarks(start) - landmarks).norm(dim=-1).mean()
     assert (renderer.landmarks(fitted) - landmarks).norm(dim=-1).mean() < 0.5 * lm_before
     with pytest.raises(ValueError, match="start must be"):
