@@ -11,7 +11,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import torch
-from stylerig_addon import lighting, livelink
+from stylerig_addon import compat, lighting, livelink
 from stylerig_addon import rig as R
 from test_addon_pure import write_take
 
@@ -250,5 +250,5 @@ def test_live_link_csv_keyframes_the_rig(rig, tmp_path):
     scene.frame_set(13)
     assert R.read_params(rig, update=False)[lay.slice("rotation")][1] == pytest.approx(-samples["HeadYaw"][12],
                                                                                        abs=1e-5)
-    fc = next(livelink._action_fcurves(rig.face.data.shape_keys, rig.face.data.shape_keys.animation_data.action))
+    fc = next(compat.action_fcurves(rig.face.data.shape_keys, rig.face.data.shape_keys.animation_data.action))
     assert len(fc.keyframe_points) == len(frames)
