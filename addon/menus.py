@@ -12,8 +12,8 @@ def draw_import(self, context) -> None:
 
 
 def register() -> None:
-    bpy.types.TOPBAR_MT_file_import.append(draw_import)
+    bpy.types.TOPBAR_MT_file_import.append(draw_import)  # type: ignore[arg-type]  # Blender passes (menu, context)
 
 
 def unregister() -> None:
-    bpy.types.TOPBAR_MT_file_import.remove(draw_import)
+    bpy.types.TOPBAR_MT_file_import.remove(draw_import)  # type: ignore[arg-type]

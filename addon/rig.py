@@ -336,7 +336,7 @@ def _albedo_material(name: str):
     attr.attribute_name = ALBEDO_ATTRIBUTE  # type: ignore[attr-defined]
     attr.location = (bsdf.location.x - 250, bsdf.location.y)
     tree.links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
-    mat.diffuse_color = (0.8, 0.62, 0.52, 1.0)  # Solid mode with Material colour: a skin tone, not grey
+    mat.diffuse_color = (0.8, 0.62, 0.52, 1.0)  # type: ignore[assignment]  # Solid mode, Material colour: skin
     return mat
 
 

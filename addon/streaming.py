@@ -204,10 +204,10 @@ class StreamingRenderer:
                 self._handles[key] = self.client.new_face(key[1], key[2])
             return self._handles[key]
         a = np.ascontiguousarray(face, dtype=np.float32)
-        key = ("ws", a.shape, hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest())
-        if key not in self._handles:
-            self._handles[key] = self.client.upload_latent(a)
-        return self._handles[key]
+        ws_key = ("ws", a.shape, hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest())
+        if ws_key not in self._handles:
+            self._handles[ws_key] = self.client.upload_latent(a)
+        return self._handles[ws_key]
 
     def _send(self, job) -> None:
         seq, face, targets, t0 = job

@@ -10,8 +10,9 @@ engine it talks to runs in the project's environment. Making one takes a minute 
 failure (no network, no wheel for this Python) fails the test that needed it with pip's own words: an
 unavailable Blender is a broken test set-up, never a silent skip.
 
-STYLERIG_BLENDER_MATRIX lists the extra versions (comma separated `bpy` versions, e.g. "4.2.23,4.5.15"); set it
-to "" to test this environment's Blender only.
+STYLERIG_BLENDER_MATRIX lists the extra versions: comma separated `bpy` versions, each with the Python to make its
+venv with after an "@" where that is not this one (bpy 5.1 and later are built for Python 3.13 only), e.g.
+"4.2.23,4.5.15,5.3.0@/usr/bin/python3.13"; set it to "" to test this environment's Blender only.
 """
 
 from __future__ import annotations
@@ -34,10 +35,17 @@ class BlenderUnavailable(RuntimeError):
 
 
 def extra_versions() -> tuple[str, ...]:
+    """The extra matrix entries, "VERSION" or "VERSION@PYTHON"."""
     spec = os.environ.get("STYLERIG_BLENDER_MATRIX")
     if spec is None:
         return DEFAULT_EXTRA
     return tuple(v.strip() for v in spec.split(",") if v.strip())
+
+
+def split_entry(entry: str) -> tuple[str, str]:
+    """"5.3.0@/usr/bin/python3.13" -> ("5.3.0", that Python); "4.2.23" -> ("4.2.23", this Python)."""
+    version, _, python = entry.partition("@")
+    return version, python or sys.executable
 
 
 def here() -> str:
@@ -55,9 +63,14 @@ def cache_dir() -> Path:
     return Path(root) / "blender"
 
 
-def venv_python(bpy_version: str) -> Path:
-    """The Python of a venv with `bpy==bpy_version`, made (once, under a lock) if needed."""
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+def venv_python(entry: str) -> Path:
+    """The Python of a venv with `bpy==VERSION` (entry: "VERSION[@PYTHON]"), made (once, under a lock) if needed."""
+    bpy_version, base = split_entry(entry)
+    try:
+        py = subprocess.run([base, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                            text=True, timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BlenderUnavailable(f"no Python {base!r} to make a Blender {bpy_version} environment with: {e}") from e
     venv = cache_dir() / f"bpy-{bpy_version}-py{py}"
     python, done = venv / "bin" / "python", venv / ".stylerig-complete"
     venv.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +80,7 @@ def venv_python(bpy_version: str) -> Path:
             return python
         shutil.rmtree(venv, ignore_errors=True)  # a half-made one from an interrupted run
         numpy = NUMPY_OF.get(".".join(bpy_version.split(".")[:2]))
-        steps = [[sys.executable, "-m", "venv", str(venv)],
+        steps = [[base, "-m", "venv", str(venv)],
                  [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", f"bpy=={bpy_version}",
                   *([f"numpy=={numpy}"] if numpy else [])]]
         for cmd in steps:
@@ -88,9 +101,9 @@ def venv_python(bpy_version: str) -> Path:
         return python
 
 
-def blender_python(bpy_version: str | None) -> Path:
+def blender_python(entry: str | None) -> Path:
     """The Python to run a Blender script with: this one (None), else the cached venv's."""
-    return Path(sys.executable) if bpy_version is None else venv_python(bpy_version)
+    return Path(sys.executable) if entry is None else venv_python(entry)
 
 
 def validator(python: Path) -> Path:
