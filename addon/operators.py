@@ -508,7 +508,12 @@ register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 def unregister() -> None:
     live.stop()
+    for timer in (_watch_batch, _watch_start):  # they would outlive the add-on's classes
+        if bpy.app.timers.is_registered(timer):
+            bpy.app.timers.unregister(timer)
     if BatchState.job is not None:
         BatchState.job.cancel()
+    if BatchState.thread is not None:
+        _end_batch(False, "the add-on was disabled during the render")
     SESSION.stop_local()
     _unregister_classes()

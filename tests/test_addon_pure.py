@@ -229,6 +229,18 @@ def test_compat_picks_each_versions_api():
     assert compat.ensure_node_tree(NS(node_tree="5.0 tree")) == "5.0 tree"  # use_nodes never touched
 
 
+def test_a_blender_of_the_matrix_that_cannot_be_installed_fails_with_pips_words(tmp_path, monkeypatch):
+    import blender_matrix
+
+    monkeypatch.setenv("STYLERIG_CACHE", str(tmp_path))
+    with pytest.raises(blender_matrix.BlenderUnavailable, match=r"cannot make a Blender 0\.0\.1 environment") as e:
+        blender_matrix.venv_python("0.0.1")  # no such bpy: what a missing network or wheel looks like
+    assert "bpy==0.0.1" in str(e.value) and str(tmp_path) in str(e.value)
+    assert not (tmp_path / "blender" / f"bpy-0.0.1-py{sys.version_info[0]}.{sys.version_info[1]}").exists()
+    with pytest.raises(blender_matrix.BlenderUnavailable, match="no Python"):
+        blender_matrix.venv_python(f"4.2.23@{tmp_path / 'no-python'}")
+
+
 # ---- camera mirror, sessions, import hygiene -------------------------------------------------------------------
 def test_portrait_camera_mirror_equals_the_engines():
     from stylerig_engine.facemodel import load_default_model
