@@ -7,7 +7,7 @@ register()/unregister(); everything that needs bpy is imported there, never at t
 from __future__ import annotations
 
 # register order: preferences and scene settings before the operators and panels that read them
-_MODULES = ("preferences", "properties", "operators", "panels")
+_MODULES = ("preferences", "properties", "operators", "panels", "menus")
 
 
 def _modules():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import png
+from . import compat, png
 from .client import Client, EngineError
 from .layout import DEFAULT_MODES, targets
 
@@ -160,6 +160,8 @@ class BatchJob:
                 self.status, self.error = "failed", str(e)
         except OSError as e:
             self.status, self.error = "failed", str(e)
+        except Exception as e:  # noqa: BLE001 - whatever goes wrong, the job ends as failed and says why
+            self.status, self.error = "failed", f"{type(e).__name__}: {e}"
         finally:
             self._request = None
             if handle is not None and client.error is None and not client.closed:
@@ -197,7 +199,7 @@ def encode_mp4(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, 
     scene = bpy.data.scenes.new("stylerig-encode")
     try:
         editor = scene.sequence_editor_create()
-        strip = editor.strips.new_image(name="frames", filepath=str(files[0]), channel=1, frame_start=1)
+        strip = compat.sequencer_strips(editor).new_image(name="frames", filepath=str(files[0]), channel=1, frame_start=1)
         for p in files[1:]:
             strip.elements.append(p.name)  # type: ignore[attr-defined]
         strip.directory = str(files[0].parent) + os.sep  # type: ignore[attr-defined]
@@ -207,8 +209,7 @@ def encode_mp4(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, 
         r.fps = max(1, round(fps))
         r.fps_base = r.fps / float(fps)
         scene.view_settings.view_transform = "Standard"  # frames are display-ready sRGB: no tone mapping
-        r.image_settings.media_type = "VIDEO"
-        r.image_settings.file_format = "FFMPEG"
+        compat.set_movie_output(r.image_settings, "FFMPEG")
         r.ffmpeg.format = "MPEG4"
         r.ffmpeg.codec = "H264"
         r.ffmpeg.constant_rate_factor = "HIGH"

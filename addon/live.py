@@ -10,8 +10,12 @@ headless):
     preview.status_text()     # "live · 12.0 frames/s · 85 ms", "engine unreachable — retrying", ...
 
 In Blender, `start()` hooks it up: depsgraph-update and frame-change handlers call submit(), a timer calls
-poll() on the main thread. The background sender is client.StreamingRenderer: it reconnects by itself when the
+poll() on the main thread. The background sender is streaming.StreamingRenderer: it reconnects by itself when the
 engine dies and comes back (re-creating the face from its seed), and re-sends the latest request.
+
+An engine that is away is not an error (the status line says so and the sender retries). Anything else that
+raises in a handler, the timer or the sender thread stops the preview: handlers and timer are removed, the
+reason is kept in `last_error` (the panel shows it) and "Start live preview" works again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .client import Client, RenderResult, StreamingRenderer
+from .client import Client
+from .streaming import RenderResult, StreamingRenderer
 from .layout import DEFAULT_MODES, targets
 
 IMAGE_NAME = "StyleRig Preview"
@@ -144,6 +149,7 @@ class LivePreview:
 # ---- Blender hookup -----------------------------------------------------------------------------------------
 _preview: LivePreview | None = None
 _rig_name: str | None = None
+last_error: str | None = None  # why the last preview stopped on its own (shown by the panel)
 
 
 def active() -> LivePreview | None:
@@ -155,17 +161,22 @@ def start(connect: Callable[[], Client], rig_name: str, *, size: int = 256,
     """Start the live preview of the rig named `rig_name` (handlers + a main-thread timer)."""
     import bpy
 
-    global _preview, _rig_name
+    global _preview, _rig_name, last_error
     stop()
-    _preview = LivePreview(connect, size=size, modes=modes)
+    last_error = None
+    _preview = preview = LivePreview(connect, size=size, modes=modes)
     _rig_name = rig_name
-    bpy.app.handlers.depsgraph_update_post.append(_on_change)
-    bpy.app.handlers.frame_change_post.append(_on_change)
-    bpy.app.handlers.load_pre.append(_on_load)
-    if not bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.register(_tick, first_interval=TICK)
-    _submit_current(update=True)
-    return _preview
+    try:
+        bpy.app.handlers.depsgraph_update_post.append(_on_change)
+        bpy.app.handlers.frame_change_post.append(_on_change)
+        bpy.app.handlers.load_pre.append(_on_load)
+        if not bpy.app.timers.is_registered(_tick):
+            bpy.app.timers.register(_tick, first_interval=TICK)
+        _submit_current(update=True)
+    except BaseException:
+        stop()  # nothing half-started stays behind
+        raise
+    return preview
 
 
 def stop() -> None:
@@ -201,11 +212,22 @@ def _submit_current(update: bool = False) -> None:
         _preview.submit(rig, update=update)
 
 
+def _fail(e: BaseException, where: str) -> None:
+    """Stop the preview after an unexpected error and keep the reason for the panel."""
+    global last_error
+    last_error = f"live preview stopped ({where}): {type(e).__name__}: {e}"
+    print(f"stylerig: {last_error}")
+    try:
+        stop()
+    except Exception as e2:  # noqa: BLE001 - stopping must not raise out of a handler or timer either
+        print(f"stylerig: stopping the live preview: {e2}")
+
+
 def _on_change(*_args) -> None:
     try:
         _submit_current()
     except Exception as e:  # noqa: BLE001 - a handler must never break Blender's update loop
-        print(f"stylerig live preview: {e}")
+        _fail(e, "reading the rig")
 
 
 def _on_load(*_args) -> None:
@@ -218,11 +240,14 @@ def _tick() -> float | None:
     if _preview is None:
         return None
     try:
+        if _preview.stream.failed:
+            raise RuntimeError(f"the sender stopped: {_preview.stream.last_error}")
         if _preview.poll() is not None:
             for window in bpy.context.window_manager.windows:
                 for area in window.screen.areas:
                     if area.type in ("IMAGE_EDITOR", "VIEW_3D"):
                         area.tag_redraw()
-    except Exception as e:  # noqa: BLE001
-        print(f"stylerig live preview: {e}")
+    except Exception as e:  # noqa: BLE001 - Blender drops a timer that raises: stop cleanly instead
+        _fail(e, "showing the image")
+        return None
     return TICK

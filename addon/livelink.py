@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import compat
+
 HEAD_COLUMNS = ("HeadPitch", "HeadYaw", "HeadRoll")  # -> rotation (pitch, yaw, roll)
 HEAD_SIGNS = (1.0, 1.0, 1.0)
 EYE_COLUMNS = ("LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
@@ -235,24 +237,10 @@ def _find_fcurve(owner, data_path: str, index: int):
     action = owner.animation_data.action
     if action is None:
         return None
-    for fc in _action_fcurves(owner, action):
+    for fc in compat.action_fcurves(owner, action):
         if fc.data_path == data_path and (fc.array_index == index or not _is_array(owner.path_resolve(data_path))):
             return fc
     return None
-
-
-def _action_fcurves(owner, action):
-    """The F-curves of `owner` in `action` (layered actions of Blender 4.4+: the owner's slot's channelbag)."""
-    slot = getattr(owner.animation_data, "action_slot", None)
-    layers = getattr(action, "layers", None)
-    if slot is not None and layers:
-        for layer in layers:
-            for strip in layer.strips:
-                bag = strip.channelbag(slot)
-                if bag is not None:
-                    yield from bag.fcurves
-        return
-    yield from getattr(action, "fcurves", ())
 
 
 # The 52 ARKit blendshape curves of Live Link Face, in its column order.

@@ -26,6 +26,13 @@ from .session import SESSION, EngineSettings, NotConfigured
 ENGINE_ERRORS = (EngineError, EngineStartError, NotConfigured, OSError, ValueError)
 
 
+def describe(e: BaseException) -> str:
+    """One line for the user: the message, and the kind of error where the message alone would not say."""
+    if isinstance(e, (*ENGINE_ERRORS, RuntimeError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
 def _connect(context) -> Client:
     return SESSION.connect(engine_settings(context))
 
@@ -38,12 +45,14 @@ def _rig_or_report(op, context) -> Rig | None:
 
 
 def _redraw(context=None) -> None:
-    wm = (context or bpy.context).window_manager
-    if wm is None:
-        return
-    for window in wm.windows:
-        for area in window.screen.areas:
-            area.tag_redraw()
+    """Redraw every area (progress, status lines). Cosmetic: never raises, so a timer that calls it cannot die."""
+    try:
+        wm = (context or bpy.context).window_manager
+        for window in wm.windows if wm is not None else ():
+            for area in window.screen.areas:
+                area.tag_redraw()
+    except Exception as e:  # noqa: BLE001
+        print(f"stylerig: redraw: {e}")
 
 
 # ---- engine ---------------------------------------------------------------------------------------------------
@@ -58,8 +67,8 @@ def _start(s: EngineSettings) -> None:
     try:
         SESSION.start_local(s)
         EngineStarter.error = None
-    except EngineStartError as e:
-        EngineStarter.error = str(e)
+    except Exception as e:  # noqa: BLE001 - the thread ends either way; the panel shows why
+        EngineStarter.error = describe(e)
 
 
 class STYLERIG_OT_start_engine(bpy.types.Operator):
@@ -164,6 +173,7 @@ class STYLERIG_OT_build_rig(bpy.types.Operator):
         try:
             with _connect(context) as c:
                 meta, arrays = c.geometry()
+                previous = context.scene.camera
                 rig = build_rig(meta, arrays, context=context, seed=self.seed, psi=self.psi)
                 warnings = []
                 if self.match and c.capabilities.get("fit"):
@@ -174,7 +184,8 @@ class STYLERIG_OT_build_rig(bpy.types.Operator):
         for w in warnings:
             self.report({"WARNING"}, w)
         context.view_layer.objects.active = rig.armature
-        self.report({"INFO"}, f"built {rig.armature.name}: {len(rig.key_blocks) - 1} shape keys")
+        camera = f"{rig.camera.name!r} is now the scene camera" + (f" (was {previous.name!r})" if previous else "")
+        self.report({"INFO"}, f"built {rig.armature.name}: {len(rig.key_blocks) - 1} shape keys; {camera}")
         return {"FINISHED"}
 
 
@@ -271,7 +282,11 @@ class STYLERIG_OT_live_preview(bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         st = settings(context)
-        live.start(lambda: SESSION.connect(s), rig.armature.name, size=st.live_size, modes=st.modes())
+        try:
+            live.start(lambda: SESSION.connect(s), rig.armature.name, size=st.live_size, modes=st.modes())
+        except Exception as e:  # noqa: BLE001 - start() has undone itself; say why
+            self.report({"ERROR"}, f"live preview: {describe(e)}")
+            return {"CANCELLED"}
         bpy.ops.stylerig.show_preview()
         return {"FINISHED"}
 
@@ -314,6 +329,13 @@ class STYLERIG_OT_import_livelink(bpy.types.Operator):
     flip_roll: BoolProperty(name="Flip roll", default=False)  # type: ignore[valid-type]
     set_range: BoolProperty(name="Set scene frame range", default=True)  # type: ignore[valid-type]
 
+    @classmethod
+    def poll(cls, context):
+        if find_rig(context) is not None:
+            return True
+        cls.poll_message_set("build a face rig first (3D View > StyleRig > Build face rig)")
+        return False
+
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
         return {"RUNNING_MODAL"}
@@ -352,38 +374,53 @@ class BatchState:
     mp4: Path | None = None
     fps: float = 24.0
     message: str = ""
+    ok: bool = True  # whether `message` reports success (the panel shows it as an error otherwise)
 
 
-def _finish_batch(job: BatchJob, write_mp4: bool, fps: float) -> str:
+def _finish_batch(job: BatchJob, write_mp4: bool, fps: float) -> tuple[bool, str]:
+    """After the frames: the MP4, and (success, the message for the user). Never raises."""
     msg = job.summary()
-    if job.status == "done" and write_mp4:
-        BatchState.mp4 = encode_mp4(job.frame_paths(), job.out_dir / "stylerig.mp4", fps=fps)
-        msg += f"; {BatchState.mp4}"
+    ok = job.status == "done"
+    if ok and write_mp4:
+        try:
+            BatchState.mp4 = encode_mp4(job.frame_paths(), job.out_dir / "stylerig.mp4", fps=fps)
+            msg += f"; {BatchState.mp4}"
+        except Exception as e:  # noqa: BLE001 - the frames are kept; the user learns why the movie is not there
+            ok, msg = False, f"{msg}; MP4 failed: {describe(e)}"
     if job.notes:
         msg += "; " + "; ".join(job.notes)
-    return msg
+    return ok, msg
+
+
+def _end_batch(ok: bool, message: str) -> None:
+    """Back to idle, whatever happened: no thread, no client, no progress bar; `message` on the panel."""
+    client, BatchState.client, BatchState.thread = BatchState.client, None, None
+    BatchState.ok, BatchState.message = ok, message
+    if client is not None:
+        client.close()
+    wm = bpy.context.window_manager
+    if wm is not None:
+        wm.progress_end()
+    if not ok:
+        print(f"stylerig: render animation: {message}")
 
 
 def _watch_batch() -> float | None:
     job, thread = BatchState.job, BatchState.thread
-    wm = bpy.context.window_manager
     if job is None or thread is None:
         return None
-    if thread.is_alive():
-        if wm is not None:
-            wm.progress_update(int(1000 * job.progress))
-        _redraw()
-        return 0.2
-    if wm is not None:
-        wm.progress_end()
-    if BatchState.client is not None:
-        BatchState.client.close()
-        BatchState.client = None
     try:
-        BatchState.message = _finish_batch(job, settings(bpy.context).write_mp4, BatchState.fps)
-    except (OSError, RuntimeError, ValueError) as e:
-        BatchState.message = f"{job.summary()}; MP4 failed: {e}"
-    BatchState.thread = None
+        if thread.is_alive():
+            wm = bpy.context.window_manager
+            if wm is not None:
+                wm.progress_update(int(1000 * job.progress))
+            _redraw()
+            return 0.2
+        ok, message = _finish_batch(job, settings(bpy.context).write_mp4, BatchState.fps)
+    except Exception as e:  # noqa: BLE001 - Blender drops a timer that raises: end the job here, not stuck
+        job.cancel()
+        ok, message = False, f"{job.summary()}; stopped: {describe(e)}"
+    _end_batch(ok, message)
     _redraw()
     return None
 
@@ -401,6 +438,16 @@ class STYLERIG_OT_batch_render(bpy.types.Operator):
         return BatchState.thread is None
 
     def execute(self, context):
+        try:
+            return self._execute(context)
+        except Exception as e:  # noqa: BLE001 - whatever step failed, leave the batch idle and say why
+            if BatchState.job is not None:
+                BatchState.job.cancel()
+            _end_batch(False, f"render animation failed: {describe(e)}")
+            self.report({"ERROR"}, BatchState.message)
+            return {"CANCELLED"}
+
+    def _execute(self, context):
         rig = _rig_or_report(self, context)
         if rig is None:
             return {"CANCELLED"}
@@ -415,16 +462,14 @@ class STYLERIG_OT_batch_render(bpy.types.Operator):
             self.report({"ERROR"}, f"engine: {e}")
             return {"CANCELLED"}
         BatchState.job, BatchState.fps, BatchState.mp4, BatchState.message = job, fps, None, ""
+        BatchState.ok = True
         if self.wait:
             with client:
                 job.run(client)
-            try:
-                BatchState.message = _finish_batch(job, st.write_mp4, fps)
-            except (OSError, RuntimeError, ValueError) as e:
-                self.report({"ERROR"}, f"MP4: {e}")
-                return {"CANCELLED"}
-            self.report({"INFO"} if job.status == "done" else {"ERROR"}, BatchState.message)
-            return {"FINISHED"} if job.status == "done" else {"CANCELLED"}
+            ok, BatchState.message = _finish_batch(job, st.write_mp4, fps)
+            BatchState.ok = ok
+            self.report({"INFO"} if ok else {"ERROR"}, BatchState.message)
+            return {"FINISHED"} if ok else {"CANCELLED"}
         BatchState.client = client
         BatchState.thread = threading.Thread(target=job.run, args=(client,), name="stylerig-batch", daemon=True)
         BatchState.thread.start()
@@ -463,7 +508,12 @@ register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 def unregister() -> None:
     live.stop()
+    for timer in (_watch_batch, _watch_start):  # they would outlive the add-on's classes
+        if bpy.app.timers.is_registered(timer):
+            bpy.app.timers.unregister(timer)
     if BatchState.job is not None:
         BatchState.job.cancel()
+    if BatchState.thread is not None:
+        _end_batch(False, "the add-on was disabled during the render")
     SESSION.stop_local()
     _unregister_classes()

@@ -71,6 +71,8 @@ class STYLERIG_PT_live(_StylerigPanel):
         if preview is not None:
             layout.label(text=preview.status_text())
             layout.operator("stylerig.show_preview", icon="IMAGE")
+        elif live.last_error:
+            layout.label(text=live.last_error, icon="ERROR")
 
 
 class STYLERIG_PT_animation(_StylerigPanel):
@@ -92,7 +94,7 @@ class STYLERIG_PT_animation(_StylerigPanel):
         else:
             col.operator("stylerig.batch_render", icon="RENDER_ANIMATION")
             if BatchState.message:
-                col.label(text=BatchState.message)
+                col.label(text=BatchState.message, icon="NONE" if BatchState.ok else "ERROR")
 
 
 class STYLERIG_PT_image(bpy.types.Panel):

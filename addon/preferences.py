@@ -10,6 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from .session import SESSION, EngineSettings
 
 ADDON_ID = __package__ or "stylerig_addon"
+DEVICE_AUTO = "AUTO"  # the engine picks (`stylerig serve` without --device)
 
 
 class StylerigPreferences(bpy.types.AddonPreferences):
@@ -35,9 +36,12 @@ class StylerigPreferences(bpy.types.AddonPreferences):
         description="synthetic | a StyleGAN2 weights name (e.g. ffhq-1024) or path")
     rignet: StringProperty(name="RigNet", default="", subtype="DIR_PATH",  # type: ignore[valid-type]
                            description="directory of a trained DFR + RigNets (empty: the face as generated)")
+    # An item's identifier must not be empty: Blender takes ("", ...) for a separator. The numbers keep what
+    # older versions of the add-on stored (CUDA 1, CPU 2).
     device: EnumProperty(  # type: ignore[valid-type]
-        name="Device", default="",
-        items=[("", "Auto", "CUDA when available"), ("cuda", "CUDA", ""), ("cpu", "CPU", "")])
+        name="Device", default=DEVICE_AUTO,
+        items=[(DEVICE_AUTO, "Auto", "CUDA when available, else CPU", 0),
+               ("cuda", "CUDA", "an NVIDIA GPU", 1), ("cpu", "CPU", "the processor", 2)])
     port: IntProperty(name="Port", default=0, min=0, max=65535,  # type: ignore[valid-type]
                       description="TCP port of the local engine (0: any free port)")
     extra_args: StringProperty(name="Extra arguments", default="",  # type: ignore[valid-type]
@@ -79,7 +83,10 @@ def engine_settings(context=None) -> EngineSettings:
     addon = context.preferences.addons.get(ADDON_ID) if context.preferences else None
     prefs = getattr(addon, "preferences", None)
     if prefs is not None and (prefs.source == "LOCAL" or prefs.address):
-        return EngineSettings.from_object(prefs)
+        s = EngineSettings.from_object(prefs)
+        if s.device == DEVICE_AUTO:
+            s.device = ""
+        return s
     env = os.environ.get("STYLERIG_ENGINE", "")
     return EngineSettings(source="CONNECT" if env else "LOCAL", address=env,
                           token_file=os.environ.get("STYLERIG_TOKEN_FILE", ""))

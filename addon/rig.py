@@ -32,7 +32,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
-from . import lighting
+from . import compat, lighting
 from .layout import Layout
 
 UNIT = 0.01  # metres per model centimetre
@@ -246,8 +246,7 @@ def build_rig(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, cont
     cam.parent = arm
     cam[ROLE_KEY] = "camera"
     cam.location = [float(x) * UNIT for x in cam_spec["position"]]
-    if scene.camera is None:
-        scene.camera = cam
+    scene.camera = cam  # Blender's own renders then frame the face as the engine does
     # the engine's images are display-ready sRGB: the Standard view transform shows them (and the rig) unchanged
     scene.view_settings.view_transform = "Standard"
 
@@ -322,14 +321,22 @@ def _make_mesh(name: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarr
 
 
 def _albedo_material(name: str):
+    """Principled BSDF whose base colour is the mesh's albedo attribute (Material Preview and renders show the
+    face's colours); the viewport's Solid mode shows the attribute through its own colour setting."""
     mat = bpy.data.materials.new(name)
-    nodes = mat.node_tree.nodes if mat.node_tree is not None else None
-    if nodes is not None:
-        bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
-        if bsdf is not None:
-            attr = nodes.new("ShaderNodeAttribute")
-            attr.attribute_name = ALBEDO_ATTRIBUTE  # type: ignore[attr-defined]
-            mat.node_tree.links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])  # type: ignore[union-attr]
+    tree = compat.ensure_node_tree(mat)
+    nodes = tree.nodes
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is None:  # a default tree without one: build the usual pair
+        bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+        output = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
+        tree.links.new(bsdf.outputs["BSDF"], output.inputs["Surface"])
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.name = attr.label = "Albedo"
+    attr.attribute_name = ALBEDO_ATTRIBUTE  # type: ignore[attr-defined]
+    attr.location = (bsdf.location.x - 250, bsdf.location.y)
+    tree.links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+    mat.diffuse_color = (0.8, 0.62, 0.52, 1.0)  # type: ignore[assignment]  # Solid mode, Material colour: skin
     return mat
 
 

@@ -19,7 +19,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from stylerig_addon import live, png
+import blender_matrix
+from stylerig_addon import live, livelink, png
 from stylerig_addon import rig as R
 from stylerig_addon.batch import BatchJob, encode_mp4
 from stylerig_addon.client import Client
@@ -102,26 +103,71 @@ def poll_until(preview: live.LivePreview, cond, timeout: float = 30.0):
     raise AssertionError(f"timed out; status: {preview.status_text()}")
 
 
-# ---- the extension, installed and driven like a user would ----------------------------------------------------
+# ---- the extension, installed and driven like a user would, in every Blender of the matrix ---------------------
 INSTALL_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, sys, time
     import bpy
     zip_path, listen, out, csv = sys.argv[-4:]
-    result = {}
+    result = {"blender": bpy.app.version_string}
     bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
     name = "bl_ext.user_default.stylerig"
     result["enabled"] = name in bpy.context.preferences.addons
+    ops, rig_mod = sys.modules[name + ".operators"], sys.modules[name + ".rig"]
     prefs = bpy.context.preferences.addons[name].preferences
+    # Preferences > Device: "Auto" is an item like the others, the default, and can be chosen again
+    result["device_items"] = [i.identifier for i in prefs.bl_rna.properties["device"].enum_items]
+    result["device_default"] = prefs.device
+    prefs.device = "cpu"
+    prefs.device = "AUTO"
+    result["device_again"] = prefs.device
+    result["device_setting"] = sys.modules[name + ".preferences"].engine_settings(bpy.context).device
     prefs.source, prefs.address = "CONNECT", listen
     result["test"] = sorted(bpy.ops.stylerig.test_connection())
-    result["build"] = sorted(bpy.ops.stylerig.build_rig(seed=4, match=True))
-    rig = sys.modules[name + ".rig"].find_rig(bpy.context)
-    result["params"] = [float(x) for x in sys.modules[name + ".rig"].read_params(rig)]
-    result["import"] = sorted(bpy.ops.stylerig.import_livelink(filepath=csv, start_frame=1))
+    # File > Import > Live Link Face (.csv): greyed out until there is a rig
+    drawn = []
+    class Layout:
+        def operator(self, idname, **kw):
+            drawn.append([idname, kw.get("text")])
+    for fn in bpy.types.TOPBAR_MT_file_import.draw._draw_funcs:
+        if getattr(fn, "__module__", "") == name + ".menus":
+            fn(type("Menu", (), {"layout": Layout()})(), bpy.context)
+    result["import_menu"] = drawn
+    result["import_poll_without_rig"] = bpy.ops.stylerig.import_livelink.poll()
     scene = bpy.context.scene
+    result["camera_before"] = scene.camera.name if scene.camera else None
+    result["build"] = sorted(bpy.ops.stylerig.build_rig(seed=4, match=True))
+    result["camera_after"] = scene.camera.name
+    rig = rig_mod.find_rig(bpy.context)
+    result["params"] = [float(x) for x in rig_mod.read_params(rig)]
+    tree = rig.face.active_material.node_tree
+    bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+    link = bsdf.inputs["Base Color"].links[0]
+    result["base_color"] = [link.from_node.type, link.from_node.attribute_name, link.from_socket.name]
+    result["bsdf_to_output"] = any(l.from_node == bsdf and l.to_node.type == "OUTPUT_MATERIAL" for l in tree.links)
+    result["import_poll"] = bpy.ops.stylerig.import_livelink.poll()
+    result["import"] = sorted(bpy.ops.stylerig.import_livelink(filepath=csv, start_frame=1))
+    scene.frame_set(7)
+    result["rotation_7"] = [float(x) for x in rig_mod.read_params(rig, update=False)[rig.layout.slice("rotation")]]
     scene.frame_start, scene.frame_end = 1, 3
-    scene.stylerig.output_dir, scene.stylerig.batch_size = out, 32
+    scene.stylerig.output_dir, scene.stylerig.batch_size = out + "/wait", 32
     result["render"] = sorted(bpy.ops.stylerig.batch_render(wait=True))
+    # the UI's path: a thread renders, a timer watches (called by hand: timers do not fire headless)
+    def render_in_background():
+        started = sorted(bpy.ops.stylerig.batch_render())
+        deadline = time.monotonic() + 120
+        while ops._watch_batch() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = ops.BatchState
+        return {"started": started, "ok": state.ok, "message": state.message, "idle": state.thread is None,
+                "can_render": bpy.ops.stylerig.batch_render.poll(), "can_cancel": bpy.ops.stylerig.batch_cancel.poll()}
+    scene.stylerig.output_dir = out + "/ui"
+    result["ui_render"] = render_in_background()
+    def broken_encoder(*args, **kwargs):
+        raise AttributeError("injected: no such Blender API")
+    real_encoder, ops.encode_mp4 = ops.encode_mp4, broken_encoder
+    result["ui_render_mp4_fails"] = render_in_background()
+    ops.encode_mp4 = real_encoder
+    result["ui_render_again"] = render_in_background()
     result["new_face"] = sorted(bpy.ops.stylerig.new_face(seed=9))
     result["seed"] = rig.armature["face_seed"]
     bpy.ops.preferences.addon_disable(module=name)
@@ -129,33 +175,75 @@ INSTALL_SCRIPT = textwrap.dedent("""
     print("RESULT " + json.dumps(result))
 """)
 
+BLENDERS = [pytest.param(None, id=f"bpy-{blender_matrix.here() or 'none'}"),
+            *(pytest.param(v, id=f"bpy-{blender_matrix.split_entry(v)[0]}") for v in blender_matrix.extra_versions())]
 
-def test_built_zip_installs_into_blender_and_its_operators_work(engine, tmp_path):
+
+@pytest.fixture(scope="module")
+def addon_zip(tmp_path_factory):
     from stylerig_engine.blender.package import build
 
-    zip_path = build(tmp_path / "dist")
+    return build(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.mark.parametrize("bpy_version", BLENDERS)
+def test_built_zip_installs_into_blender_and_its_operators_work(bpy_version, engine, addon_zip, tmp_path):
+    try:
+        python = blender_matrix.blender_python(bpy_version)
+    except blender_matrix.BlenderUnavailable as e:
+        pytest.fail(f"Blender {bpy_version} for the add-on test matrix: {e}")
+    validate = subprocess.run([str(python), str(blender_matrix.validator(python)), "validate", str(addon_zip)],
+                              check=False, capture_output=True, text=True, timeout=120)
+    assert validate.returncode == 0, validate.stdout + validate.stderr  # Blender's own extension checks
     user = tmp_path / "blender-user"
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(user), "BLENDER_USER_CONFIG": str(user / "config"),
            "BLENDER_USER_SCRIPTS": str(user / "scripts"), "BLENDER_USER_EXTENSIONS": str(user / "extensions")}
     script = tmp_path / "install.py"
     script.write_text(INSTALL_SCRIPT)
     csv = write_take(tmp_path / "take.csv", n=30)
-    res = subprocess.run([sys.executable, str(script), str(zip_path), json.dumps(engine.listen),
-                          str(tmp_path / "out"), str(csv)],
-                         check=False, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    out = tmp_path / "out"
+    res = subprocess.run([str(python), str(script), str(addon_zip), json.dumps(engine.listen), str(out), str(csv)],
+                         check=False, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    log = res.stdout[-3000:] + res.stderr[-3000:]
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert line is not None, res.stdout[-3000:] + res.stderr[-3000:]
+    assert line is not None, log
     result = json.loads(line[7:])
+    if bpy_version is not None:
+        assert result["blender"].startswith(blender_matrix.split_entry(bpy_version)[0]), result["blender"]
     assert (user / "extensions" / "user_default" / "stylerig" / "blender_manifest.toml").is_file()
     assert result["enabled"] and result["disabled"]
     for op in ("test", "build", "import", "render", "new_face"):
-        assert result[op] == ["FINISHED"], (op, res.stderr[-3000:])
+        assert result[op] == ["FINISHED"], (op, log)
+    assert "matches no enum" not in res.stdout + res.stderr
+    assert result["device_items"] == ["AUTO", "cuda", "cpu"]
+    assert (result["device_default"], result["device_again"], result["device_setting"]) == ("AUTO", "AUTO", "")
+    assert result["import_menu"] == [["stylerig.import_livelink", "Live Link Face (.csv)"]]
+    assert (result["import_poll_without_rig"], result["import_poll"]) == (False, True)
+    # the startup file's camera gives way to the rig's, and the report says so
+    assert (result["camera_before"], result["camera_after"]) == ("Camera", "StyleRig Camera")
+    assert "'StyleRig Camera' is now the scene camera (was 'Camera')" in res.stdout + res.stderr
+    # Material Preview / renders show the albedo attribute through the Principled BSDF
+    assert result["base_color"] == ["ATTRIBUTE", "albedo", "Color"] and result["bsdf_to_output"]
     with engine.connect() as c:  # the rig was matched to face 4's own parameters (oracle fit)
         fitted = c.fit(c.new_face(4, 0.7))
     np.testing.assert_allclose(result["params"], fitted, atol=2e-5, rtol=1e-5)
-    frames = sorted((tmp_path / "out").glob("frame_*.png"))
-    assert [f.name for f in frames] == ["frame_0001.png", "frame_0002.png", "frame_0003.png"]
-    assert (tmp_path / "out" / "stylerig.mp4").stat().st_size > 0
+    # Live Link keys read back through frame_set: frame 7 is the take at 0.25 s (24 frames/s from frame 1)
+    take = livelink.read_csv(csv)
+    _, samples = livelink.resample(take, 24.0, 1)
+    np.testing.assert_allclose(result["rotation_7"], [samples[c][6] for c in ("HeadPitch", "HeadYaw", "HeadRoll")],
+                               atol=1e-5)
+    for run in ("wait", "ui"):
+        frames = sorted((out / run).glob("frame_*.png"))
+        assert [f.name for f in frames] == ["frame_0001.png", "frame_0002.png", "frame_0003.png"]
+        assert (out / run / "stylerig.mp4").stat().st_size > 0
+    ui, broken, again = result["ui_render"], result["ui_render_mp4_fails"], result["ui_render_again"]
+    assert ui["started"] == ["FINISHED"] and ui["ok"] and "3 rendered" in ui["message"], ui
+    # a failure after the frames (here: the MP4) is reported, and every button works again
+    assert not broken["ok"] and "MP4 failed: AttributeError: injected" in broken["message"], broken
+    assert "3 already there" in broken["message"]
+    for state in (ui, broken, again):
+        assert state["idle"] and state["can_render"] and not state["can_cancel"], state
+    assert again["ok"] and "3 already there" in again["message"], again
     assert result["seed"] == 9
 
 
@@ -415,6 +503,182 @@ def test_operators_start_engine_live_preview_and_background_batch(monkeypatch, t
     finally:
         stylerig_addon.unregister()
         SESSION.stop_local()
+
+
+# ---- failures injected into every step: the job ends, the user is told, every button works again ---------------
+class Injected(Exception):
+    pass
+
+
+def _fail(*args, **kwargs):
+    raise Injected("injected fault")
+
+
+@pytest.fixture
+def ui(engine, rig, monkeypatch, tmp_path):
+    """The add-on registered in this process, talking to the test engine, with a rig animated over 3 frames."""
+    import stylerig_addon
+    from stylerig_addon import operators
+    from stylerig_addon.session import EngineSettings
+
+    monkeypatch.setattr(operators, "engine_settings",
+                        lambda context=None: EngineSettings(source="CONNECT", address=json.dumps(engine.listen)))
+    stylerig_addon.register()
+    animate(rig, 3)
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, 3
+    scene.stylerig.output_dir, scene.stylerig.batch_size, scene.stylerig.live_size = str(tmp_path / "out"), SIZE, SIZE
+    try:
+        yield operators
+    finally:
+        live.stop()
+        stylerig_addon.unregister()
+
+
+def _call(op, **kw) -> set[str] | str:
+    """An operator's result, or the error it reported (a script gets a report of ERROR as a RuntimeError)."""
+    try:
+        return op(**kw)
+    except RuntimeError as e:
+        return str(e)
+
+
+def _render(operators, wait: bool) -> set[str] | str:
+    """Render animation as the button does; the background path's timer called by hand until it ends."""
+    result = _call(bpy.ops.stylerig.batch_render, wait=wait)
+    deadline = time.monotonic() + 60
+    while not wait and operators._watch_batch() is not None:
+        assert time.monotonic() < deadline, "the batch never ended"
+        time.sleep(0.02)
+    if bpy.app.timers.is_registered(operators._watch_batch):
+        bpy.app.timers.unregister(operators._watch_batch)
+    return result
+
+
+def test_a_failure_in_any_step_of_render_animation_is_reported_and_leaves_the_buttons_usable(ui, tmp_path):
+    from stylerig_addon import batch
+
+    operators = ui
+    gate = threading.Event()
+    real_run = batch.BatchJob.run
+
+    def held_run(self, *args, **kwargs):  # the render thread waits until the timer has run once
+        gate.wait(30)
+        return real_run(self, *args, **kwargs)
+
+    steps = {  # step -> (what fails, does the operator return before the render thread starts)
+        "collecting the frames": ((R, "collect_frames", _fail), True),
+        "connecting": ((operators, "_connect", _fail), True),
+        "asking the engine": ((Client, "info", _fail), False),
+        "making the face": ((Client, "new_face", _fail), False),
+        "writing a frame": ((png, "write_png", _fail), False),
+        "encoding the MP4": ((operators, "encode_mp4", _fail), False),
+        "the progress timer": ((batch.BatchJob, "progress", property(_fail)), False),
+    }
+    mp4 = tmp_path / "out" / "stylerig.mp4"
+    for step, ((owner, attr, fault), early) in steps.items():
+        for wait in (True, False):
+            if step == "the progress timer" and wait:
+                continue  # no timer when waiting
+            for old in (tmp_path / "out").glob("*.*"):  # every step runs: nothing is there to skip
+                old.unlink()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(owner, attr, fault)
+                if step == "the progress timer":
+                    gate.clear()
+                    mp.setattr(batch.BatchJob, "run", held_run)
+                    result = bpy.ops.stylerig.batch_render()
+                    assert operators._watch_batch() is None  # the timer failed on its first call, and ended
+                    gate.set()
+                else:
+                    result = _render(operators, wait)
+            state = operators.BatchState
+            what = f"{step} (wait={wait}): {state.message}"
+            if wait or early:  # the operator itself reports the error
+                assert isinstance(result, str) and "injected fault" in result, (what, result)
+            else:  # the operator started the render; the timer's end puts the error on the panel
+                assert result == {"FINISHED"}, what
+            assert not state.ok and "Injected: injected fault" in state.message, what
+            assert state.thread is None and state.client is None, what
+            assert bpy.ops.stylerig.batch_render.poll() and not bpy.ops.stylerig.batch_cancel.poll(), what
+            assert not mp4.exists(), what
+            # the fault gone, the same button renders
+            assert _render(operators, wait) == {"FINISHED"}, what
+            assert state.ok and state.message.startswith("done: ") and mp4.stat().st_size > 0, state.message
+    assert len(list((tmp_path / "out").glob("frame_*.png"))) == 3
+
+
+def test_a_failure_in_any_step_of_the_live_preview_stops_it_with_the_reason(ui, rig):
+    from stylerig_addon.streaming import StreamingRenderer
+
+    def started() -> live.LivePreview:
+        assert bpy.ops.stylerig.live_preview() == {"FINISHED"}
+        preview = live.active()
+        assert preview is not None and live.last_error is None
+        return preview
+
+    def stopped(where: str) -> None:
+        assert live.active() is None, where
+        assert live._on_change not in bpy.app.handlers.depsgraph_update_post, where
+        assert live._on_change not in bpy.app.handlers.frame_change_post, where
+        assert not bpy.app.timers.is_registered(live._tick), where
+
+    def wait_for(cond, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    # starting: reading the rig fails -> the operator reports it and nothing stays hooked up
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R, "read_params", _fail)
+        assert "live preview: Injected: injected fault" in _call(bpy.ops.stylerig.live_preview)
+    stopped("start")
+
+    # a handler: reading the rig fails after a pose change
+    preview = started()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R, "read_params", _fail)
+        live._on_change()
+    stopped("handler")
+    assert "reading the rig" in live.last_error and "Injected: injected fault" in live.last_error
+
+    # the sender thread: one request that cannot be sent is reported; the next pose renders
+    preview = started()
+    wait_for(lambda: live._tick() == live.TICK and preview.frames >= 1, "no first frame")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Client, "render_async", _fail)
+        rig.armature.pose.bones["head"].rotation_euler[1] = 0.2
+        preview.submit(rig, update=True)
+        wait_for(lambda: preview.stream.stats["errors"] >= 1, "the failed request was not reported")
+    assert "last error: injected fault" in preview.status_text()
+    rig.armature.pose.bones["head"].rotation_euler[1] = 0.3
+    preview.submit(rig, update=True)  # (or the depsgraph handler the update runs already did)
+    seq = preview.last_seq
+    wait_for(lambda: live._tick() == live.TICK and preview.last_result is not None and preview.last_result.seq == seq,
+             "the stream did not recover")
+
+    # the sender thread itself fails -> the timer stops the preview and says why
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StreamingRenderer, "_reconnect", _fail)
+        preview.stream.client.close()
+        wait_for(lambda: preview.stream.failed, "the sender thread did not fail")
+    assert live._tick() is None
+    stopped("sender thread")
+    assert "the sender stopped" in live.last_error and "injected fault" in live.last_error
+
+    # the timer: writing the image fails
+    preview = started()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(live.LivePreview, "write_pixels", _fail)
+        wait_for(lambda: live._tick() is None, "the timer went on")
+    stopped("timer")
+    assert "showing the image" in live.last_error and "Injected: injected fault" in live.last_error
+
+    # after all that, the button starts a working preview again
+    preview = started()
+    wait_for(lambda: live._tick() == live.TICK and preview.frames >= 1, "no frame after the failures")
+    assert bpy.ops.stylerig.live_preview() == {"FINISHED"} and live.active() is None
 
 
 # ---- an engine with RigNets: the rig's blocks go out as targets --------------------------------------------------

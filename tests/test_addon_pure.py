@@ -200,6 +200,47 @@ def test_live_link_csv_problems_are_reported_not_fatal(tmp_path):
         livelink.read_csv(empty)
 
 
+# ---- the Blender version differences (the real APIs are exercised by the install matrix) -----------------------
+def test_compat_picks_each_versions_api():
+    from types import SimpleNamespace as NS
+
+    from stylerig_addon import compat
+
+    assert compat.sequencer_strips(NS(strips="4.4+", sequences="old")) == "4.4+"
+    assert compat.sequencer_strips(NS(sequences="4.2")) == "4.2"
+    five, four = NS(media_type="IMAGE", file_format="PNG"), NS(file_format="PNG")
+    compat.set_movie_output(five)
+    compat.set_movie_output(four)
+    assert (five.media_type, five.file_format, four.file_format) == ("VIDEO", "FFMPEG", "FFMPEG")
+    assert not hasattr(four, "media_type")
+
+    class OldMaterial:  # 4.x: materials.new() has no tree until use_nodes is switched on
+        node_tree = None
+
+        @property
+        def use_nodes(self):
+            return self.node_tree is not None
+
+        @use_nodes.setter
+        def use_nodes(self, on):
+            self.node_tree = "tree" if on else None
+
+    assert compat.ensure_node_tree(OldMaterial()) == "tree"
+    assert compat.ensure_node_tree(NS(node_tree="5.0 tree")) == "5.0 tree"  # use_nodes never touched
+
+
+def test_a_blender_of_the_matrix_that_cannot_be_installed_fails_with_pips_words(tmp_path, monkeypatch):
+    import blender_matrix
+
+    monkeypatch.setenv("STYLERIG_CACHE", str(tmp_path))
+    with pytest.raises(blender_matrix.BlenderUnavailable, match=r"cannot make a Blender 0\.0\.1 environment") as e:
+        blender_matrix.venv_python("0.0.1")  # no such bpy: what a missing network or wheel looks like
+    assert "bpy==0.0.1" in str(e.value) and str(tmp_path) in str(e.value)
+    assert not (tmp_path / "blender" / f"bpy-0.0.1-py{sys.version_info[0]}.{sys.version_info[1]}").exists()
+    with pytest.raises(blender_matrix.BlenderUnavailable, match="no Python"):
+        blender_matrix.venv_python(f"4.2.23@{tmp_path / 'no-python'}")
+
+
 # ---- camera mirror, sessions, import hygiene -------------------------------------------------------------------
 def test_portrait_camera_mirror_equals_the_engines():
     from stylerig_engine.facemodel import load_default_model
@@ -243,6 +284,8 @@ def test_addon_imports_without_bpy_and_without_torch():
         sys.modules["torch"] = None
         import stylerig_addon
         from stylerig_addon import client, protocol, lighting, layout, livelink, png, session, batch, live
+        from stylerig_addon import compat, streaming
+        assert client.StreamingRenderer is streaming.StreamingRenderer  # its old home still answers
         assert callable(stylerig_addon.register)
         print("ok")
     """)

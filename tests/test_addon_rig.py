@@ -11,7 +11,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import torch
-from stylerig_addon import lighting, livelink
+from stylerig_addon import compat, lighting, livelink
 from stylerig_addon import rig as R
 from test_addon_pure import write_take
 
@@ -97,10 +97,24 @@ def test_build_rig(rig, geometry, model):
     assert tuple(bones["head"].head_local) == pytest.approx((0, 0, 0))
     assert rig.armature.pose.bones["head"].rotation_mode == "XYZ"
     assert len(rig.suns) == 9 and rig.camera is not None and bpy.context.scene.camera == rig.camera
+    tree = rig.face.active_material.node_tree  # Material Preview shows the albedo
+    bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+    source = bsdf.inputs["Base Color"].links[0].from_node
+    assert (source.type, source.attribute_name) == ("ATTRIBUTE", R.ALBEDO_ATTRIBUTE)
     assert R.face_spec(rig) == {"seed": 5, "psi": pytest.approx(0.6)}
     assert [f"albedo_{e}" in rig.armature for e in lay.entries("albedo")] == [True] * lay.size("albedo")
     # a fresh rig reads back as the neutral face under the prior's mean light
     np.testing.assert_allclose(R.read_params(rig), lay.neutral(), atol=1e-6)
+
+
+def test_the_rigs_camera_becomes_the_scene_camera(geometry):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    other = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(other)
+    scene.camera = other
+    rig = R.build_rig(*geometry, seed=1)
+    assert scene.camera == rig.camera  # Blender's own renders frame the face as the engine does
 
 
 def test_parameters_round_trip_exactly_for_every_block(rig):
@@ -250,5 +264,5 @@ def test_live_link_csv_keyframes_the_rig(rig, tmp_path):
     scene.frame_set(13)
     assert R.read_params(rig, update=False)[lay.slice("rotation")][1] == pytest.approx(-samples["HeadYaw"][12],
                                                                                        abs=1e-5)
-    fc = next(livelink._action_fcurves(rig.face.data.shape_keys, rig.face.data.shape_keys.animation_data.action))
+    fc = next(compat.action_fcurves(rig.face.data.shape_keys, rig.face.data.shape_keys.animation_data.action))
     assert len(fc.keyframe_points) == len(frames)
