@@ -47,6 +47,9 @@ CONTROL_MODES: dict[str, tuple[str, ...]] = {
     "albedo": ("albedo",),
 }
 PAPER_MODES = ("pose", "expression", "illumination")
+# The order in which several RigNet edits are composed, whatever order a request names them in: pose first (it
+# moves the coarse layers the others read), then expression, then illumination, then colour and shape.
+COMPOSITION_ORDER = ("pose", "expression", "illumination", "albedo", "identity")
 SH_NAMES = ("L00", "L1m1", "L10", "L11", "L2m2", "L2m1", "L20", "L21", "L22")
 ROTATION_NAMES = ("pitch", "yaw", "roll")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,8 +10,7 @@ from stylerig_engine.stylegan2 import networks as nw
 from stylerig_engine.stylegan2.inference import FastGenerator, InferenceOptions, set_fp16_resolutions, tf32_mode
 from stylerig_engine.stylegan2.networks import Generator
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "stylegan2" / "sg3_r64_ref.npz"
+FIXTURE = "fixtures/stylegan2/sg3_r64_ref.npz"  # in the shared_dir
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -32,10 +29,11 @@ def tiny_generator(seed: int = 0, res: int = 16, **synthesis_kwargs) -> Generato
 
 
 @pytest.fixture(scope="module")
-def ref():
-    if not FIXTURE.exists():
-        pytest.skip(f"{FIXTURE} not available")
-    return dict(np.load(FIXTURE))
+def ref(shared_dir):
+    path = shared_dir / FIXTURE
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return dict(np.load(path))
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,14 @@ def register(subparsers) -> None:
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.set_defaults(func=_evaluate)
 
+    rig_cmd = subparsers.add_parser("rig", help="maintain trained rig directories")
+    rig_kinds = rig_cmd.add_subparsers(dest="rig_command", metavar="ACTION", required=True)
+    stamp = rig_kinds.add_parser("stamp", help="record which generator a rig was trained for (checkpoints and "
+                                 "configs), so that engines refuse it on any other generator")
+    stamp.add_argument("directory", help="rig directory (dfr.safetensors, rignet-*.safetensors, *.config.json)")
+    stamp.add_argument("--generator", required=True, help="the generator spec it was trained on, e.g. synthetic:64")
+    stamp.set_defaults(func=_stamp)
+
 
 def parse_layers(text: str | None) -> list[int] | None:
     if not text:
@@ -220,6 +228,16 @@ def _evaluate(args) -> int:
         with atomic_write(args.json, "w") as f:
             json.dump(report, f, indent=1)
     print(format_table(report))
+    return 0
+
+
+def _stamp(args) -> int:
+    from ..engine import load_generator
+    from .checkpoints import stamp_generator
+
+    identity = stamp_generator(args.directory, load_generator(args.generator), args.generator)
+    print(f"{args.directory}: trained for {identity['name']} (W+ {identity['num_ws']} x {identity['w_dim']}, "
+          f"{identity['hash_of']} sha256 {identity['weights_sha256']})")
     return 0
 
 
