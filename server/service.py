@@ -156,6 +156,7 @@ class EngineServer:
         self._listeners: list[socket.socket] = []
         self._connections: dict[int, tuple[Connection, threading.Thread]] = {}
         self._pending: dict[int, Connection] = {}  # not yet authenticated, oldest first (under _conn_lock)
+        self.accepted = 0  # connections accepted so far
         self._conn_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stopped = threading.Event()
@@ -325,6 +326,7 @@ class EngineServer:
                 old.expired = True
             self._connections[conn.id] = (conn, reader)
             self._pending[conn.id] = conn
+            self.accepted += 1
         for old in evicted:
             log.warning("connection %s from %s: evicted before authenticating", old.id, old.peer)
             self._refuse_pending(

@@ -10,7 +10,8 @@ import torch
 
 from stylerig_engine.facemodel import load_default_model
 from stylerig_engine.render.face import FaceRenderer
-from stylerig_engine.render.rasterizer import interpolate, visibility, visibility_naive
+from stylerig_engine.render.rasterizer import interpolate, visibility
+from stylerig_engine.render.rasterizer_naive import visibility_naive
 from stylerig_engine.render.shading import sh_directional
 
 

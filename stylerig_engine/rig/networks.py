@@ -1,6 +1,7 @@
 """DFR (latent -> face parameters) and RigNet (latent + target parameters -> edited latent).
 
-Shapes are asserted at module boundaries: ws is (B, num_ws, w_dim), parameters are (B, D) in a ParamLayout.
+Shapes are checked at module boundaries (ValueError, so the checks survive `python -O`): ws is
+(B, num_ws, w_dim), parameters are (B, D) in a ParamLayout.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ..params import CONTROL_MODES, ParamLayout
+from ..stylegan2.ops import assert_shape
 
 # Which W+ layers each control mode may change, for a 14-layer W+ (256² StyleGAN2): coarse layers carry
 # pose, middle layers expression, fine layers colour and light. Scaled for other W+ sizes by default_layers.
@@ -92,8 +94,7 @@ class DFR(nn.Module):
         self.register_buffer("prior_std", torch.as_tensor(layout.prior_std, dtype=torch.float32))
 
     def forward(self, ws: torch.Tensor) -> torch.Tensor:
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
-            f"ws must be (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
+        assert_shape(ws, [None, self.num_ws, self.w_dim], "ws")
         x = self.normaliser(ws)
         if self.encoder is not None:
             x = self.encoder(x)
@@ -146,9 +147,8 @@ class RigNet(nn.Module):
 
     def offsets(self, ws: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """(B, num_ws, w_dim), (B, D) -> d (B, num_ws, w_dim), zero outside self.layers."""
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
-            f"ws must be (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
-        self.layout.check(params)
+        assert_shape(ws, [None, self.num_ws, self.w_dim], "ws")
+        assert_shape(params, [ws.shape[0], self.layout.dim], "params")
         x = self.normaliser(ws).index_select(1, self.layer_index)  # (B, n, w_dim)
         code = self.encoder(x)
         target = self.target(params)[:, None, :].expand(-1, code.shape[1], -1)
