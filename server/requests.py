@@ -226,10 +226,14 @@ def _targets(arrays: dict, spec: Spec, frames: int | None) -> tuple[dict[str, np
                 lambda s: len(s) == 2 and s[1] == spec.dim and s[0] >= 1,
                 f"(frames, {spec.dim})",
             )
+            if a is None:  # pragma: no cover - the name was listed above
+                continue
             if frames == -1:
                 frames = a.shape[0]
             elif a.shape[0] != frames:
                 raise _Bad(f"array '{name}' has {a.shape[0]} frames, other inputs have {frames}")
+        if a is None:  # pragma: no cover - the name was listed above
+            continue
         out[mode] = a
     return out, frames
 

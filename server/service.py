@@ -21,7 +21,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from stylerig_addon import protocol as P
 
@@ -294,8 +294,9 @@ class EngineServer:
                 for key, _ in sel.select(timeout=min(0.25, self.auth_timeout / 4)):
                     if key.fileobj is self._wake_r or self._stopping.is_set():
                         return
+                    listener = cast(socket.socket, key.fileobj)  # the listeners registered above
                     try:
-                        sock, peer = key.fileobj.accept()
+                        sock, peer = listener.accept()
                     except (BlockingIOError, InterruptedError):
                         continue
                     except OSError as e:
@@ -543,7 +544,7 @@ def default_paths(pid: int | None = None) -> tuple[Path, Path | None]:
     """(token file, Unix socket path or None) in the private runtime directory."""
     pid = os.getpid() if pid is None else pid
     d = auth.runtime_dir()
-    sock = d / f"engine-{pid}.sock"
-    if not hasattr(socket, "AF_UNIX") or len(os.fsencode(sock)) > 100:
+    sock: Path | None = d / f"engine-{pid}.sock"
+    if not hasattr(socket, "AF_UNIX") or len(os.fsencode(str(sock))) > 100:
         sock = None
     return d / f"engine-{pid}.token", sock

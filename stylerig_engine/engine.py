@@ -316,15 +316,19 @@ class Engine:
         return self.new_faces([seed], psi)[0]
 
     # ---- DFR -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fit_latents(self, ws: torch.Tensor) -> np.ndarray:
+    def _fit_fn(self) -> Callable:
         if self.fit_fn is None:
             raise NotAvailable(
                 "no DFR loaded: start the engine with --rignet DIR to fit parameters to a face"
             )
+        return self.fit_fn
+
+    @torch.no_grad()
+    def fit_latents(self, ws: torch.Tensor) -> np.ndarray:
+        fit_fn = self._fit_fn()
         out = []
         for i in range(0, len(ws), self.max_batch):
-            p = self.fit_fn(ws[i : i + self.max_batch])
+            p = fit_fn(ws[i : i + self.max_batch])
             out.append(torch.as_tensor(p).detach().float().cpu().numpy())
         p = np.concatenate(out)
         if p.shape != (len(ws), self.layout.dim):
@@ -333,8 +337,7 @@ class Engine:
 
     def fit(self, handles: Sequence[str] | str) -> np.ndarray:
         """(B, D) parameters of the faces (or (D,) for one handle given as a string)."""
-        if self.fit_fn is None:
-            self.fit_latents(None)  # raises NotAvailable before complaining about handles
+        self._fit_fn()  # raises NotAvailable before complaining about handles
         if isinstance(handles, str):
             return self.fit_latents(self.latents([handles]))[0]
         return self.fit_latents(self.latents(handles))
@@ -383,6 +386,8 @@ class Engine:
         for i in range(0, len(ws), self.max_batch):
             w = ws[i : i + self.max_batch]
             if targets:
+                if self.edit_fn is None:  # check_targets refuses targets without RigNets
+                    raise NotAvailable("no RigNet loaded")
                 w = self.edit_fn(w, {m: t[i : i + self.max_batch] for m, t in targets.items()})
             if self._synthesis_takes_noise:
                 out.append(self.generator.synthesis(w, noise_mode="const"))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -422,7 +423,8 @@ class MeshRasterizer(torch.nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown rasteriser backend {backend!r}; choose from {BACKENDS}")
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size: tuple[int, int] = (
+            (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1])))
         self.cull_backfaces = cull_backfaces
         self.perspective_correct = perspective_correct
         self.backend = backend
@@ -436,7 +438,7 @@ class MeshRasterizer(torch.nn.Module):
     def forward(self, screen: torch.Tensor, faces: torch.Tensor) -> Fragments:
         """(B, V, 3) (x_px, y_px, depth) vertices and (T, 3) faces -> Fragments."""
         _check(screen, faces)
-        kw = {"cull_backfaces": self.cull_backfaces, "near": self.near}
+        kw: dict[str, Any] = {"cull_backfaces": self.cull_backfaces, "near": self.near}
         if self.backend == "torch":
             pix_to_face = visibility(screen, faces, self.image_size, max_candidates=self.max_candidates, **kw)
         elif self.backend == "reference":

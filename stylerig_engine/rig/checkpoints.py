@@ -124,6 +124,7 @@ def save_network(net: DFR | RigNet, path: str | os.PathLike, *, extra: dict | No
                  dtype: torch.dtype = torch.float32, generator: Mapping | None = None) -> None:
     """Write `net` (weights in `dtype`, buffers in float32) with everything needed to rebuild it, and the
     identity of the generator it was trained for (`generator_identity`), when given."""
+    desc: dict[str, Any]
     if isinstance(net, DFR):
         desc = dict(kind="dfr", hidden=net.net[0].out_features, layer_code=net.layer_code)
     else:

@@ -33,6 +33,9 @@ def default_layers(mode: str, num_ws: int) -> tuple[int, ...]:
 class LatentNormaliser(nn.Module):
     """(ws - w_avg) / w_std with statistics measured on the corpus, stored with the network."""
 
+    w_avg: torch.Tensor  # buffers (declared for type checkers: nn.Module types attributes Tensor | Module)
+    w_std: torch.Tensor
+
     def __init__(self, w_dim: int):
         super().__init__()
         self.register_buffer("w_avg", torch.zeros(w_dim))
@@ -78,6 +81,9 @@ class DFR(nn.Module):
     prior mean and has the same scale.
     """
 
+    prior_mean: torch.Tensor  # buffers
+    prior_std: torch.Tensor
+
     def __init__(self, layout: ParamLayout, *, num_ws: int, w_dim: int, hidden: int = 256, layer_code: int = 0):
         super().__init__()
         if layer_code < 0:
@@ -86,10 +92,10 @@ class DFR(nn.Module):
         self.normaliser = LatentNormaliser(w_dim)
         self.encoder = PerLayerLinear(num_ws, w_dim, layer_code) if layer_code else None
         inputs = num_ws * (layer_code or w_dim)
-        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
-                                 nn.Linear(hidden, layout.dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        head = nn.Linear(hidden, layout.dim)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(), head)
         self.register_buffer("prior_mean", torch.as_tensor(layout.prior_mean, dtype=torch.float32))
         self.register_buffer("prior_std", torch.as_tensor(layout.prior_std, dtype=torch.float32))
 
@@ -117,6 +123,11 @@ class RigNet(nn.Module):
       latent_dim: encoder output width (32 in the paper).
       hidden: decoder hidden width.
     """
+
+    block_index: torch.Tensor  # buffers
+    layer_index: torch.Tensor
+    prior_mean: torch.Tensor
+    prior_std: torch.Tensor
 
     def __init__(self, mode: str, layout: ParamLayout, *, num_ws: int, w_dim: int,
                  layers: tuple[int, ...] | None = None, latent_dim: int = 32, hidden: int = 256):

@@ -73,7 +73,7 @@ class FullyConnectedLayer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert_shape(x, [None, self.in_features], "FullyConnectedLayer input")
         w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
+        b: torch.Tensor | None = self.bias
         if b is not None:
             b = b.to(x.dtype)
             if self.bias_gain != 1:
@@ -89,6 +89,8 @@ class FullyConnectedLayer(torch.nn.Module):
 class MappingNetwork(torch.nn.Module):
     """z (and optional label c) -> w: normalize z, `num_layers` equalized-lr dense layers, broadcast to
     `num_ws` copies, truncation towards the tracked average `w_avg`."""
+
+    w_avg: torch.Tensor  # buffer (declared for type checkers: nn.Module types attributes Tensor | Module)
 
     def __init__(
         self,
@@ -142,6 +144,8 @@ class MappingNetwork(torch.nn.Module):
             assert_shape(c, [None, self.c_dim], "c")
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1) if x is not None else y
+        if x is None:
+            raise ValueError("a mapping network needs z_dim > 0 or c_dim > 0")
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
         if self.num_ws is not None:
@@ -160,6 +164,9 @@ class MappingNetwork(torch.nn.Module):
 
 class SynthesisLayer(torch.nn.Module):
     """Modulated 3x3 convolution (optionally 2x upsampling) + noise + bias + leaky ReLU."""
+
+    resample_filter: torch.Tensor  # buffers
+    noise_const: torch.Tensor
 
     def __init__(
         self,
@@ -259,6 +266,8 @@ class ToRGBLayer(torch.nn.Module):
 
 class SynthesisBlock(torch.nn.Module):
     """One resolution of the skip generator: [const | conv0 (up 2)], conv1, torgb; image skip connection."""
+
+    resample_filter: torch.Tensor  # buffer
 
     def __init__(
         self,
@@ -396,6 +405,8 @@ class SynthesisNetwork(torch.nn.Module):
             w_idx += block.num_conv
             x, img = block(x, img, block_ws, noise_mode=noise_mode, fused_modconv=fused_modconv,
                            force_fp32=force_fp32, fast=self.fast)
+        if img is None:
+            raise ValueError("a synthesis network needs at least one block")
         return img
 
 
