@@ -327,6 +327,8 @@ class SynthesisBlock(torch.nn.Module):
             x = x.contiguous(memory_format=memory_format)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, fast=fast)
         else:
+            if x is None:
+                raise ValueError(f"block x: the {self.resolution // 2}px features of the previous block are required")
             assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2], "block x")
             x = x.to(dtype=dtype, memory_format=memory_format)
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, fast=fast)
