@@ -370,6 +370,24 @@ def test_the_addon_names_what_differs_between_its_stored_layout_and_the_engines(
     assert Layout.from_description(bigger).differences(engine) == ["identity: 4 entries in the rig, 3 at the engine"]
 
 
+def test_latent_uploads_and_reads_run_on_the_device_worker(serve, monkeypatch):
+    r = serve()
+    threads: list[str] = []
+    def spying(original):
+        def spy(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        return spy
+
+    for name in ("upload", "latent"):
+        monkeypatch.setattr(r.engine, name, spying(getattr(r.engine, name)))
+    c = r.client()
+    ws = np.arange(24, dtype=np.float32).reshape(4, 6)
+    np.testing.assert_array_equal(c.get_latent(c.upload_latent(ws)), ws)
+    assert len(threads) == 2 and set(threads) == {"stylerig-device-worker"}
+
+
 def test_geometry(serve):
     r = serve()
     meta, arrays = r.client().geometry(identity_modes=2)

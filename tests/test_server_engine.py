@@ -371,6 +371,16 @@ def test_stamped_rig_records_its_generator_in_checkpoints_and_configs(stamped_ri
     assert read_generator(d) == identity
 
 
+def test_shipping_a_rig_keeps_its_generator(stamped_rig, tmp_path):
+    from stylerig_engine.rig.checkpoints import read_description, read_generator
+    from stylerig_engine.rig.commands import ship_rig
+
+    d, identity = stamped_rig
+    ship_rig(d, tmp_path / "ship", ["pose"])
+    assert read_generator(tmp_path / "ship") == identity
+    assert read_description(tmp_path / "ship" / "rignet-pose.safetensors")["generator"] == identity
+
+
 def test_engine_serves_a_rig_only_on_its_generator(stamped_rig, caplog):
     from stylerig_engine.engine import WrongGenerator
 

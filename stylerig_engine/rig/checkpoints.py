@@ -227,12 +227,13 @@ def read_generator(directory: str | os.PathLike) -> dict | None:
     return first
 
 
-def stamp_generator(directory: str | os.PathLike, generator: Any, name: str) -> dict:
+def stamp_generator(directory: str | os.PathLike, generator: Any, name: str, *, configs: bool = True) -> dict:
     """Record the identity of `generator` (named by its spec, e.g. "synthetic:64") in every checkpoint and
-    *.config.json of a rig directory, for a rig trained before identities were recorded. The weights stay
-    bit-identical (only the safetensors metadata is rewritten). Returns the identity.
+    (with `configs`) *.config.json of a rig directory, for a rig trained before identities were recorded. The
+    weights stay bit-identical (only the safetensors metadata is rewritten). Returns the identity.
 
-    Stamp a finished or shipped rig: `TrainConfig.load` (--resume) reads the configs as they were written."""
+    Stamp the configs of a finished or shipped rig only: `TrainConfig.load` (--resume) reads the configs of a
+    run directory as they were written."""
     identity = generator_identity(generator, name)
     files = rig_files(directory)
     if not files:
@@ -252,7 +253,7 @@ def stamp_generator(directory: str | os.PathLike, generator: Any, name: str) -> 
         with atomic_write(path) as out:
             out.write(st_save(tensors, metadata=meta))
         config = path.with_name(path.name.replace(".safetensors", ".config.json"))
-        if config.is_file():
+        if configs and config.is_file():
             doc = json.loads(config.read_text())
             doc["generator"] = identity
             with atomic_write(config, "w") as out:

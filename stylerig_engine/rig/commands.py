@@ -141,6 +141,7 @@ def _train_one(args) -> int:
 
 def _train_all(args) -> int:
     from ..corpus import CorpusConfig, build_corpus, resolve_generator
+    from .checkpoints import stamp_generator
     from .editing import load_rig
     from .evaluate import evaluate, format_table
     from .train import train
@@ -160,6 +161,7 @@ def _train_all(args) -> int:
         cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps,
                       batch=args.rignet_batch or args.batch)
         train(cfg, resume=args.resume or (out / f"rignet-{mode}.safetensors").exists())
+    stamp_generator(out, generator, args.generator, configs=False)  # (--resume reads the configs as written)
     rig = load_rig(out)
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
@@ -178,16 +180,21 @@ def _train_all(args) -> int:
 
 def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
     """Copy a trained rig for distribution: weights in float16 (half the size; edits change by < 1e-3 of a
-    latent's std), the training configs and the evaluation report."""
+    latent's std), the training configs and the evaluation report, with the identity of the generator it was
+    trained for (checkpoints.read_generator) in both."""
     import torch
 
-    from .checkpoints import load_network, save_network
+    from .checkpoints import load_network, read_generator, save_network
 
     dest.mkdir(parents=True, exist_ok=True)
+    identity = read_generator(run)
     for name in ["dfr"] + [f"rignet-{m}" for m in modes]:
         net = load_network(run / f"{name}.safetensors")
-        save_network(net, dest / f"{name}.safetensors", dtype=torch.float16, extra={"shipped_from": str(run)})
+        save_network(net, dest / f"{name}.safetensors", dtype=torch.float16, extra={"shipped_from": str(run)},
+                     generator=identity)
         config = json.loads((run / f"{name}.config.json").read_text())
+        if identity is not None:
+            config["generator"] = identity
         with atomic_write(dest / f"{name}.config.json", "w") as f:
             json.dump(config, f, indent=1)
     with atomic_write(dest / "evaluation.json", "w") as f:
