@@ -23,7 +23,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class ParamLayout:
         self.check(p)
         return {name: p[..., self.slice(name)] for name, _ in self.sizes}
 
-    def join(self, blocks: Mapping[str, object]):
+    def join(self, blocks: Mapping[str, Any]):
         missing = [n for n, _ in self.sizes if n not in blocks]
         if missing:
             raise ParamError(f"missing parameter blocks {missing}")
