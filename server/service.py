@@ -130,7 +130,7 @@ class EngineServer:
         limits: P.Limits | None = None,
         max_connections: int = 64,
         max_unauthenticated: int = 16,
-        auth_timeout: float = 2.0,
+        auth_timeout: float = 5.0,
         max_outbox: int = 64,
         worker_config: WorkerConfig | None = None,
     ):
