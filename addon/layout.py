@@ -51,6 +51,17 @@ class Layout:
                 "prior_std": [float(x) for x in self.prior_std],
                 "expression_range": list(self.expression_range) if self.expression_range else None}
 
+    def differences(self, engine: Layout) -> list[str]:
+        """What differs from the engine's layout (`Layout.from_description(info["layout"])`): [] when a
+        parameter vector of this (stored) layout means the same to the engine."""
+        if self.blocks != engine.blocks:
+            mine, theirs = {n: s for n, _, s in self.blocks}, {n: s for n, _, s in engine.blocks}
+            out = [f"{name}: {mine.get(name, 0)} entries in the rig, {theirs.get(name, 0)} at the engine"
+                   for name in dict.fromkeys([*mine, *theirs]) if mine.get(name) != theirs.get(name)]
+            return out or ["the blocks are in another order"]
+        return [f"entry {i}: {a!r} in the rig, {b!r} at the engine"
+                for i, (a, b) in enumerate(zip(self.names, engine.names)) if a != b][:3]
+
     def dumps(self) -> str:
         return json.dumps(self.describe(), separators=(",", ":"))
 

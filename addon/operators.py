@@ -18,6 +18,7 @@ from . import live
 from .batch import BatchJob, encode_mp4
 from .client import Client, EngineError
 from .engine_process import EngineStartError
+from .layout import Layout
 from .preferences import engine_settings
 from .properties import settings
 from .rig import Rig, apply_params, build_rig, face_spec, find_rig
@@ -144,11 +145,23 @@ class STYLERIG_OT_test_connection(bpy.types.Operator):
         modes = ", ".join(info.get("edit_modes") or []) or "none (faces as generated)"
         self.report({"INFO"}, f"{gen.get('name')} {gen.get('resolution')} px on {info.get('device')}; RigNets: "
                               f"{modes}; fit: {info.get('fit')}; {rtt * 1000:.1f} ms")
+        rig = find_rig(context)
+        for w in _layout_differences(rig, info) if rig is not None else []:
+            self.report({"WARNING"}, w)
         return {"FINISHED"}
 
 
 # ---- the rig ----------------------------------------------------------------------------------------------------
+def _layout_differences(rig: Rig, info: dict) -> list[str]:
+    """The rig's stored parameter layout against the engine's, as warnings ([] when they agree)."""
+    diffs = rig.layout.differences(Layout.from_description(info["layout"]))
+    return [f"the rig was built for another engine layout ({'; '.join(diffs)}): rebuild it"] if diffs else []
+
+
 def _match(rig: Rig, client: Client) -> list[str]:
+    diffs = _layout_differences(rig, client.info())
+    if diffs:
+        return diffs
     face = face_spec(rig)
     handle = client.new_face(face["seed"], face["psi"])
     try:

@@ -77,7 +77,8 @@ def load_model(path):
 
 def bench(model, *, device: str, size: int, batch: int, backend: str, repeats: int, what: tuple[str, ...]):
     from stylerig_engine.render.face import FaceRenderer
-    from stylerig_engine.render.rasterizer import visibility, visibility_naive
+    from stylerig_engine.render.rasterizer import visibility
+    from stylerig_engine.render.rasterizer_naive import visibility_naive
 
     face = FaceRenderer(model, image_size=size, device=device, backend=backend)
     p = torch.as_tensor(face.layout.sample(batch, np.random.default_rng(0)), device=device)

@@ -27,6 +27,12 @@ def register(subparsers) -> None:
         "--rignet", metavar="DIR", help="trained DFR + RigNets (enables fit and rig-driven renders)"
     )
     p.add_argument(
+        "--allow-generator-mismatch",
+        action="store_true",
+        help="serve a --rignet trained for another generator with the same W+ shape (experts: its edits are "
+        "probably meaningless); refused by default",
+    )
+    p.add_argument(
         "--model", metavar="NAME|PATH", help="face model (default: the generator's, else ICT default)"
     )
     p.add_argument(
@@ -105,6 +111,7 @@ def run_serve(args) -> int:
             device=device,
             oracle_fit=args.oracle_fit,
             max_batch=args.max_batch,
+            allow_generator_mismatch=args.allow_generator_mismatch,
         )
     except (EngineError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from stylerig_addon import protocol as P
 
-MODES = ("pose", "expression", "illumination", "identity", "albedo")  # stylerig_engine.params.CONTROL_MODES
-FORMATS = ("rgba8", "float16", "jpeg")
+from stylerig_engine.engine import COLORSPACES, FORMATS, MAX_SIZE, ORIGINS
+from stylerig_engine.params import CONTROL_MODES
+
 FLOAT_DTYPES = ("<f2", "<f4", "<f8")
 
 OPS = (
@@ -34,7 +35,8 @@ OPS = (
     "cancel",
     "shutdown",
 )
-WORKER_OPS = ("new_face", "fit", "render", "batch_render")  # run on the device worker thread
+# Run on the device worker thread: everything that touches torch tensors (the engine's rule).
+WORKER_OPS = ("new_face", "upload_latent", "get_latent", "fit", "render", "batch_render")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Spec:
     w_dim: int
     dim: int  # parameter vector length D
     resolution: int
-    max_size: int = 4096
+    max_size: int = MAX_SIZE
     max_frames: int = 100_000
     max_seeds: int = 1024
     max_handles: int = 1024
@@ -84,6 +86,7 @@ def request_id(header: Any) -> Any:
 
 def validate(header: dict, arrays: dict[str, np.ndarray], spec: Spec) -> Request:
     rid = request_id(header)
+    _check_alignment(header, rid)
     try:
         if "id" in header and header["id"] is not None and rid is None:
             raise _Bad("'id' must be an integer (|id| <= 2**53) or a string of at most 128 characters")
@@ -98,6 +101,20 @@ def validate(header: dict, arrays: dict[str, np.ndarray], spec: Spec) -> Request
         return Request(op, rid, fields, out_arrays)
     except _Bad as e:
         raise P.ProtocolError(P.E_BAD_REQUEST, str(e), request_id=rid) from None
+
+
+def _check_alignment(header: dict, rid: Any) -> None:
+    """Each array must start on an 8-byte boundary of the payload (docs/protocol.md, "Arrays"): the decoder
+    checks the descriptors against the payload, this checks the alignment they promise."""
+    for d in header.get("arrays") or ():
+        offset = d.get("offset") if isinstance(d, dict) else None
+        if isinstance(offset, int) and offset % P.ALIGN:
+            raise P.ProtocolError(
+                P.E_BAD_ARRAYS,
+                f"array {d.get('name')!r}: offset {offset} is not a multiple of {P.ALIGN} "
+                "(each array starts on an 8-byte boundary)",
+                request_id=rid,
+            )
 
 
 # ---- field helpers ----------------------------------------------------------------------------------
@@ -198,8 +215,8 @@ def _targets(arrays: dict, spec: Spec, frames: int | None) -> tuple[dict[str, np
     out: dict[str, np.ndarray] = {}
     for name in [n for n in arrays if n.startswith("target/")]:
         mode = name[len("target/") :]
-        if mode not in MODES:
-            raise _Bad(f"unknown control mode {mode!r} in array '{name}'; modes are {list(MODES)}")
+        if mode not in CONTROL_MODES:
+            raise _Bad(f"unknown control mode {mode!r} in array '{name}'; modes are {list(CONTROL_MODES)}")
         if frames is None:
             a = _float_array(arrays, name, lambda s: s == (spec.dim,), f"({spec.dim},)")
         else:
@@ -209,10 +226,14 @@ def _targets(arrays: dict, spec: Spec, frames: int | None) -> tuple[dict[str, np
                 lambda s: len(s) == 2 and s[1] == spec.dim and s[0] >= 1,
                 f"(frames, {spec.dim})",
             )
+            if a is None:  # pragma: no cover - the name was listed above
+                continue
             if frames == -1:
                 frames = a.shape[0]
             elif a.shape[0] != frames:
                 raise _Bad(f"array '{name}' has {a.shape[0]} frames, other inputs have {frames}")
+        if a is None:  # pragma: no cover - the name was listed above
+            continue
         out[mode] = a
     return out, frames
 
@@ -220,10 +241,10 @@ def _targets(arrays: dict, spec: Spec, frames: int | None) -> tuple[dict[str, np
 def _image_fields(h: dict, spec: Spec) -> dict:
     return {
         "size": _int(h, "size", 1, spec.max_size, None),
-        "format": _str(h, "format", default="rgba8", choices=FORMATS),
+        "format": _str(h, "format", default=FORMATS[0], choices=FORMATS),
         "quality": _int(h, "quality", 1, 100, 90),
-        "origin": _str(h, "origin", default="top", choices=("top", "bottom")),
-        "colorspace": _str(h, "colorspace", default="srgb", choices=("srgb", "linear")),
+        "origin": _str(h, "origin", default=ORIGINS[0], choices=ORIGINS),
+        "colorspace": _str(h, "colorspace", default=COLORSPACES[0], choices=COLORSPACES),
         "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None, open_lo=True),
     }
 
@@ -347,11 +368,13 @@ def _v_batch_render(h, a, spec):
     fields = _image_fields(h, spec)
     handle = _str(h, "handle", 64, None)
     handles = _handles(h, "handles", spec, spec.max_frames)
+    # Only (frames, num_ws, w_dim): a 2-D array would be ambiguous, one face's W+ (num_ws, w_dim) read as
+    # num_ws frames of W latents. Send one face as a handle (or repeat it) instead.
     ws = _float_array(
         a,
         "ws",
-        lambda s: len(s) in (2, 3) and s[0] >= 1 and s[1:] in ((spec.num_ws, spec.w_dim), (spec.w_dim,)),
-        f"(frames, {spec.num_ws}, {spec.w_dim}) or (frames, {spec.w_dim})",
+        lambda s: len(s) == 3 and s[0] >= 1 and s[1:] == (spec.num_ws, spec.w_dim),
+        f"(frames, {spec.num_ws}, {spec.w_dim}) (one W+ latent per frame; for one face use 'handle')",
     )
     if sum(x is not None for x in (handle, handles, ws)) != 1:
         raise _Bad("batch_render needs exactly one of 'handle', 'handles' or an array 'ws'")
@@ -389,7 +412,7 @@ def _v_batch_render(h, a, spec):
     )
     arrays = {f"target/{m}": v for m, v in targets.items()}
     if ws is not None:
-        arrays["ws"] = ws if ws.ndim == 3 else np.repeat(ws[:, None], spec.num_ws, axis=1)
+        arrays["ws"] = ws
     return fields, arrays
 
 

@@ -21,12 +21,12 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from stylerig_addon import protocol as P
 
 from stylerig_engine import __version__
-from stylerig_engine.engine import MAX_SIZE, Engine, EngineError
+from stylerig_engine.engine import FORMATS, MAX_SIZE, Engine, EngineError
 
 from . import auth
 from .requests import OPS, WORKER_OPS, Request, Spec, validate
@@ -46,6 +46,11 @@ class Connection:
         self.closed = False  # no more sends; queued work is dropped
         self._close_after_flush = False
         self.authenticated = False
+        self.admitted = time.monotonic()
+        self.expired = False  # pending authentication, and evicted or past the hello deadline
+        # Unauthenticated connections are capped per listener: the Unix socket (0600, owner only) never
+        # competes with the TCP port, which every local user can reach.
+        self.pool = "unix" if sock.family == getattr(socket, "AF_UNIX", None) else "tcp"
         self.writer = threading.Thread(
             target=self._write_loop, name=f"stylerig-conn{cid}-writer", daemon=True
         )
@@ -124,7 +129,8 @@ class EngineServer:
         token_file: str | os.PathLike | None = None,
         limits: P.Limits | None = None,
         max_connections: int = 64,
-        auth_timeout: float = 10.0,
+        max_unauthenticated: int = 16,
+        auth_timeout: float = 5.0,
         max_outbox: int = 64,
         worker_config: WorkerConfig | None = None,
     ):
@@ -135,6 +141,7 @@ class EngineServer:
         self.token_file = Path(token_file) if token_file is not None else None
         self.limits = limits or P.Limits(max_header=1 << 20, max_payload=256 << 20)
         self.max_connections = max_connections
+        self.max_unauthenticated = max(1, int(max_unauthenticated))
         self.auth_timeout = auth_timeout
         self.max_outbox = max_outbox
         config = worker_config or WorkerConfig(max_batch=engine.max_batch)
@@ -148,6 +155,8 @@ class EngineServer:
         )
         self._listeners: list[socket.socket] = []
         self._connections: dict[int, tuple[Connection, threading.Thread]] = {}
+        self._pending: dict[int, Connection] = {}  # not yet authenticated, oldest first (under _conn_lock)
+        self.accepted = 0  # connections accepted so far
         self._conn_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stopped = threading.Event()
@@ -155,6 +164,7 @@ class EngineServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="stylerig-accept", daemon=True)
         self._geometry_cache: dict[tuple, tuple[dict, dict]] = {}
+        self._geometry_lock = threading.Lock()  # connection threads share the cache
         self.listen_info: dict = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------------
@@ -280,11 +290,13 @@ class EngineServer:
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
-                for key, _ in sel.select(timeout=1.0):
+                self._expire_pending()
+                for key, _ in sel.select(timeout=min(0.25, self.auth_timeout / 4)):
                     if key.fileobj is self._wake_r or self._stopping.is_set():
                         return
+                    listener = cast(socket.socket, key.fileobj)  # the listeners registered above
                     try:
-                        sock, peer = key.fileobj.accept()
+                        sock, peer = listener.accept()
                     except (BlockingIOError, InterruptedError):
                         continue
                     except OSError as e:
@@ -295,28 +307,53 @@ class EngineServer:
             sel.close()
 
     def _admit(self, sock: socket.socket, peer: Any) -> None:
+        """Start serving a new connection. It does not count against max_connections until it has
+        authenticated: waiting connections have their own cap per listener (max_unauthenticated) and a deadline
+        (auth_timeout), and a newcomer over the cap evicts the longest-waiting one. So idle sockets opened by
+        other local users on the TCP port can neither take the owner's slots nor keep the owner out for long;
+        the owner's client sends its hello at once and is authenticated within milliseconds."""
         sock.setblocking(True)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(self, sock, peer, next(self._ids))
+        reader = threading.Thread(
+            target=self._serve_connection, args=(conn,), name=f"stylerig-conn{conn.id}-reader", daemon=True
+        )
         with self._conn_lock:
-            full = len(self._connections) >= self.max_connections
-            if not full:
-                conn = Connection(self, sock, peer, next(self._ids))
-                reader = threading.Thread(
-                    target=self._serve_connection,
-                    args=(conn,),
-                    name=f"stylerig-conn{conn.id}-reader",
-                    daemon=True,
-                )
-                self._connections[conn.id] = (conn, reader)
-        if full:
-            with contextlib.suppress(OSError):
-                sock.settimeout(1.0)
-                P.send_frame(sock, P.error_header(P.E_BUSY, f"too many connections ({self.max_connections})"))
-            sock.close()
-            return
+            waiting = [c for c in self._pending.values() if c.pool == conn.pool]
+            evicted = waiting[: max(0, len(waiting) - self.max_unauthenticated + 1)]
+            for old in evicted:
+                self._pending.pop(old.id, None)
+                old.expired = True
+            self._connections[conn.id] = (conn, reader)
+            self._pending[conn.id] = conn
+            self.accepted += 1
+        for old in evicted:
+            log.warning("connection %s from %s: evicted before authenticating", old.id, old.peer)
+            self._refuse_pending(
+                old, f"too many connections waiting to authenticate ({self.max_unauthenticated})"
+            )
         conn.writer.start()
         reader.start()
+
+    def _expire_pending(self) -> None:
+        """Close connections that have not authenticated within auth_timeout (a total deadline, however
+        slowly the bytes trickle in)."""
+        now = time.monotonic()
+        with self._conn_lock:
+            late = [c for c in self._pending.values() if now - c.admitted > self.auth_timeout]
+            for c in late:
+                self._pending.pop(c.id, None)
+                c.expired = True
+        for c in late:
+            self._refuse_pending(c, f"no hello within {self.auth_timeout:g} s")
+
+    @staticmethod
+    def _refuse_pending(conn: Connection, message: str) -> None:
+        """Answer a waiting connection `unauthorized` (null id) and stop reading it; its reader then ends it."""
+        conn.send(P.error_header(P.E_UNAUTHORIZED, message))
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RD)
 
     # ---- one connection ------------------------------------------------------------------------------
     def _serve_connection(self, conn: Connection) -> None:
@@ -351,17 +388,21 @@ class EngineServer:
                 conn.sock.close()
             with self._conn_lock:
                 self._connections.pop(conn.id, None)
+                self._pending.pop(conn.id, None)
 
     def _authenticate(self, conn: Connection, stream) -> bool:
         conn.sock.settimeout(self.auth_timeout)
         try:
             frame = P.read_frame(stream, P.Limits(max_header=64 << 10, max_payload=0))
         except TimeoutError:
-            conn.send(P.error_header(P.E_UNAUTHORIZED, f"no hello within {self.auth_timeout:g} s"))
+            if not conn.expired:
+                conn.send(P.error_header(P.E_UNAUTHORIZED, f"no hello within {self.auth_timeout:g} s"))
             return False
-        except P.ConnectionLost:
-            return False
+        except (P.ConnectionLost, OSError):
+            return False  # closed by the peer, or evicted / past the deadline (already answered)
         except P.ProtocolError as e:
+            if conn.expired:
+                return False
             code = e.code if e.fatal else P.E_UNAUTHORIZED
             conn.send(
                 P.error_header(
@@ -393,8 +434,17 @@ class EngineServer:
                 )
             )
             return False
+        with self._conn_lock:
+            if conn.expired:  # the deadline passed or a newcomer evicted it while the hello was checked
+                return False
+            self._pending.pop(conn.id, None)
+            authenticated = sum(c.authenticated for c, _ in self._connections.values())
+            if authenticated < self.max_connections:
+                conn.authenticated = True
+        if not conn.authenticated:
+            conn.send(P.error_header(P.E_BUSY, f"too many connections ({self.max_connections})", rid))
+            return False
         conn.sock.settimeout(None)
-        conn.authenticated = True
         conn.send(
             {
                 "id": req.id,
@@ -413,7 +463,7 @@ class EngineServer:
         e = self.engine
         return {
             "ops": list(OPS),
-            "formats": ["rgba8", "float16", "jpeg"],
+            "formats": list(FORMATS),
             "max_header": self.limits.max_header,
             "max_payload": self.limits.max_payload,
             "max_batch": self.worker.config.max_batch,
@@ -463,21 +513,21 @@ class EngineServer:
             conn.send({**ok, "info": info})
         elif req.op == "stats":
             with self._conn_lock:
-                n = len(self._connections)
-            conn.send({**ok, "stats": {**self.worker.stats(), "connections": n}})
-        elif req.op == "geometry":
+                n = sum(c.authenticated for c, _ in self._connections.values())
+                waiting = len(self._pending)
+            conn.send({**ok, "stats": {**self.worker.stats(), "connections": n, "unauthenticated": waiting}})
+        elif req.op == "geometry":  # numpy arrays of the face model: no torch work
             key = (f["identity_modes"], f["half"])
-            if key not in self._geometry_cache:
-                if len(self._geometry_cache) >= 4:  # a few variants; never grow without bound
-                    self._geometry_cache.pop(next(iter(self._geometry_cache)))
-                self._geometry_cache[key] = e.geometry(identity_modes=f["identity_modes"], half=f["half"])
-            meta, arrays = self._geometry_cache[key]
+            with self._geometry_lock:
+                cached = self._geometry_cache.get(key)
+            if cached is None:
+                cached = e.geometry(identity_modes=f["identity_modes"], half=f["half"])
+                with self._geometry_lock:
+                    if len(self._geometry_cache) >= 4:  # a few variants; never grow without bound
+                        self._geometry_cache.pop(next(iter(self._geometry_cache)))
+                    self._geometry_cache[key] = cached
+            meta, arrays = cached
             conn.send({**ok, "geometry": meta}, arrays)
-        elif req.op == "upload_latent":
-            conn.send({**ok, "handle": e.upload(req.arrays["ws"])})
-        elif req.op == "get_latent":
-            ws = e.latent(f["handle"]).detach().float().cpu().numpy()
-            conn.send(ok, {"ws": ws})
         elif req.op == "release":
             conn.send({**ok, "released": e.release(f["handles"])})
         elif req.op == "cancel":
@@ -494,7 +544,7 @@ def default_paths(pid: int | None = None) -> tuple[Path, Path | None]:
     """(token file, Unix socket path or None) in the private runtime directory."""
     pid = os.getpid() if pid is None else pid
     d = auth.runtime_dir()
-    sock = d / f"engine-{pid}.sock"
-    if not hasattr(socket, "AF_UNIX") or len(os.fsencode(sock)) > 100:
+    sock: Path | None = d / f"engine-{pid}.sock"
+    if not hasattr(socket, "AF_UNIX") or len(os.fsencode(str(sock))) > 100:
         sock = None
     return d / f"engine-{pid}.token", sock

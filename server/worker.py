@@ -3,9 +3,9 @@
 - Interactive renders are latest-wins per (client, slot): a new one replaces a queued, not-yet-started one,
   which is answered "superseded" at once. Each round takes every waiting interactive render (up to
   max_batch, from any client) and runs them as one generator call per set of edited modes.
-- Other work (new_face, fit, batch_render) waits in a bounded FIFO; each round also runs one step of it
-  (a batch_render step is one generator call of up to max_batch frames, then the job goes to the back), so
-  interactive renders are never stuck behind a long sequence and sequences are not starved either.
+- Other work (new_face, upload_latent, get_latent, fit, batch_render) waits in a bounded FIFO; each round also
+  runs one step of it (a batch_render step is one generator call of up to max_batch frames, then the job goes to
+  the back), so interactive renders are never stuck behind a long sequence and sequences are not starved either.
 - Bounded: a full queue answers "busy". A request that waits longer than its timeout is answered "timeout"
   without being run. A client that disconnects has its queued work dropped and its running batch stopped.
 - A batch_render only runs when its client's outbox is short (flow control), so a slow reader is not flooded.
@@ -385,7 +385,7 @@ class Worker:
                             "op": "render",
                             "batch": len(group),
                             "timing": {
-                                "queued": round(j.started - j.received, 6),
+                                "queued": round((j.started or j.received) - j.received, 6),
                                 "generator": round(t_gen, 6),
                             },
                         }
@@ -409,7 +409,13 @@ class Worker:
             return
         op, f = job.req.op, job.req.fields
         try:
-            if op == "new_face":
+            if op == "upload_latent":
+                self._finish(job, {"id": job.req.id, "ok": True, "final": True, "op": op,
+                                   "handle": self.engine.upload(job.req.arrays["ws"])})
+            elif op == "get_latent":
+                ws = self.engine.latent(f["handle"]).detach().float().cpu().numpy()
+                self._finish(job, {"id": job.req.id, "ok": True, "final": True, "op": op}, {"ws": ws})
+            elif op == "new_face":
                 handles = self.engine.new_faces(f["seeds"], f["psi"])
                 header = {"id": job.req.id, "ok": True, "final": True, "op": op}
                 header.update({"handles": handles} if f["many"] else {"handle": handles[0]})

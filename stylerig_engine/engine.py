@@ -22,9 +22,11 @@ The latent handle store alone is locked, so handles can be uploaded/released fro
 from __future__ import annotations
 
 import io
+import logging
 import math
 import secrets
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,13 +35,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .params import CONTROL_MODES, ParamLayout, layout_for_model
+from .params import COMPOSITION_ORDER, CONTROL_MODES, ParamLayout, layout_for_model
 from .pyspec import import_spec, takes_keyword
 
+# Image formats, row orders and colour spaces of rendered images (the wire protocol's and the server's too).
 FORMATS = ("rgba8", "float16", "jpeg")
-# The order in which RigNets are composed (StyleRig: pose, then expression, then illumination), then the rest.
-EDIT_ORDER = ("pose", "expression", "illumination", "identity", "albedo")
+ORIGINS = ("top", "bottom")
+COLORSPACES = ("srgb", "linear")
 MAX_SIZE = 4096
+log = logging.getLogger("stylerig.engine")
 
 
 class EngineError(ValueError):
@@ -56,8 +60,14 @@ class UnknownHandle(EngineError):
     code = "unknown_handle"
 
 
+class WrongGenerator(EngineError):
+    """A rig trained for another generator than the engine's (refused at start)."""
+
+
 def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, Callable]:
     """(fit, edit) from a trained DFR + RigNet directory: the hook `stylerig serve --rignet DIR` calls.
+    `edit.generator` is the identity of the generator the rig was trained for (None when not recorded),
+    `edit.shape` its W+ shape (num_ws, w_dim).
 
     "shipped" names the rig trained on the synthetic world that ships with the engine."""
     from .rig import SHIPPED_RIG, CheckpointError
@@ -66,7 +76,7 @@ def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, C
     path = SHIPPED_RIG if str(directory) == "shipped" else directory
     try:
         rig = load_rig_networks(path, device)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, OSError) as e:
         raise NotAvailable(f"cannot load DFR/RigNet from {str(directory)!r}: {e}") from e
 
     def fit(ws):
@@ -77,6 +87,9 @@ def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, C
 
     fit.layout = edit.layout = rig.layout  # type: ignore[attr-defined]
     edit.modes = rig.modes  # type: ignore[attr-defined]
+    edit.generator = rig.generator  # type: ignore[attr-defined]
+    edit.shape = (rig.dfr.num_ws, rig.dfr.w_dim)  # type: ignore[attr-defined]
+    edit.source = str(path)  # type: ignore[attr-defined]
     return fit, edit
 
 
@@ -111,6 +124,8 @@ class Engine:
         max_batch: int = 8,
         max_handles: int = 4096,
         name: str | None = None,
+        identity: Mapping[str, Any] | None = None,
+        rig_generator: Mapping[str, Any] | None = None,
     ):
         self.device = torch.device(device)
         if isinstance(generator, torch.nn.Module):
@@ -127,6 +142,8 @@ class Engine:
         self.w_dim = int(generator.w_dim)
         self.z_dim = int(generator.z_dim)
         self.resolution = int(generator.img_resolution)
+        self.identity = dict(identity) if identity else None  # rig.checkpoints.generator_identity
+        self.rig_generator = dict(rig_generator) if rig_generator else None  # what the rig was trained for
         self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self._mapping_takes_psi = takes_keyword(generator.mapping, "psi")
@@ -138,7 +155,7 @@ class Engine:
         if self.edit_fn is None:
             return ()
         modes = getattr(self.edit_fn, "modes", None)
-        return tuple(m for m in EDIT_ORDER if m in (modes if modes is not None else CONTROL_MODES))
+        return tuple(m for m in COMPOSITION_ORDER if m in (modes if modes is not None else CONTROL_MODES))
 
     def info(self) -> dict:
         return {
@@ -148,7 +165,10 @@ class Engine:
                 "num_ws": self.num_ws,
                 "w_dim": self.w_dim,
                 "z_dim": self.z_dim,
+                "weights_sha256": (self.identity or {}).get("weights_sha256"),
             },
+            # the generator the loaded DFR/RigNets were trained for (None: no rig, or not recorded)
+            "rig_generator": self.rig_generator,
             "model": {
                 "name": getattr(self.model, "name", None),
                 "num_vertices": int(self.model.num_vertices),
@@ -296,15 +316,19 @@ class Engine:
         return self.new_faces([seed], psi)[0]
 
     # ---- DFR -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fit_latents(self, ws: torch.Tensor) -> np.ndarray:
+    def _fit_fn(self) -> Callable:
         if self.fit_fn is None:
             raise NotAvailable(
                 "no DFR loaded: start the engine with --rignet DIR to fit parameters to a face"
             )
+        return self.fit_fn
+
+    @torch.no_grad()
+    def fit_latents(self, ws: torch.Tensor) -> np.ndarray:
+        fit_fn = self._fit_fn()
         out = []
         for i in range(0, len(ws), self.max_batch):
-            p = self.fit_fn(ws[i : i + self.max_batch])
+            p = fit_fn(ws[i : i + self.max_batch])
             out.append(torch.as_tensor(p).detach().float().cpu().numpy())
         p = np.concatenate(out)
         if p.shape != (len(ws), self.layout.dim):
@@ -313,8 +337,7 @@ class Engine:
 
     def fit(self, handles: Sequence[str] | str) -> np.ndarray:
         """(B, D) parameters of the faces (or (D,) for one handle given as a string)."""
-        if self.fit_fn is None:
-            self.fit_latents(None)  # raises NotAvailable before complaining about handles
+        self._fit_fn()  # raises NotAvailable before complaining about handles
         if isinstance(handles, str):
             return self.fit_latents(self.latents([handles]))[0]
         return self.fit_latents(self.latents(handles))
@@ -335,7 +358,7 @@ class Engine:
         if missing:
             raise NotAvailable(f"no RigNet for mode(s) {missing}; loaded: {list(self.edit_modes)}")
         out: dict[str, torch.Tensor] = {}
-        for mode in EDIT_ORDER:
+        for mode in COMPOSITION_ORDER:
             if mode not in targets:
                 continue
             v = targets[mode]
@@ -363,6 +386,8 @@ class Engine:
         for i in range(0, len(ws), self.max_batch):
             w = ws[i : i + self.max_batch]
             if targets:
+                if self.edit_fn is None:  # check_targets refuses targets without RigNets
+                    raise NotAvailable("no RigNet loaded")
                 w = self.edit_fn(w, {m: t[i : i + self.max_batch] for m, t in targets.items()})
             if self._synthesis_takes_noise:
                 out.append(self.generator.synthesis(w, noise_mode="const"))
@@ -416,10 +441,10 @@ class Engine:
         size = self.resolution if size is None else size
         if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and 1 <= size <= MAX_SIZE):
             raise EngineError(f"size must be an integer in [1, {MAX_SIZE}], got {size!r}")
-        if origin not in ("top", "bottom"):
-            raise EngineError(f"origin must be 'top' or 'bottom', got {origin!r}")
-        if colorspace not in ("srgb", "linear"):
-            raise EngineError(f"colorspace must be 'srgb' or 'linear', got {colorspace!r}")
+        if origin not in ORIGINS:
+            raise EngineError(f"origin must be one of {list(ORIGINS)}, got {origin!r}")
+        if colorspace not in COLORSPACES:
+            raise EngineError(f"colorspace must be one of {list(COLORSPACES)}, got {colorspace!r}")
         return fmt, int(size)
 
     def render(
@@ -489,9 +514,16 @@ def build_engine(
     device: str = "cpu",
     oracle_fit: bool = False,
     max_batch: int = 8,
+    allow_generator_mismatch: bool = False,
 ) -> Engine:
     """Engine for `stylerig serve`. The face model and layout come from the generator when it carries them
-    (the synthetic world does: attributes `model`, `layout`), else from --model or the default model."""
+    (the synthetic world does: attributes `model`, `layout`), else from --model or the default model.
+
+    A rig (`rignet`) is refused unless it was trained for this generator (rig.checkpoints.check_generator):
+    a different W+ shape always, different weights unless `allow_generator_mismatch`. A rig that does not
+    record its generator is served with a warning (logged)."""
+    from .rig.checkpoints import GeneratorMismatch, check_generator, generator_identity
+
     generator = load_generator(generator_spec, device)
     face_model = getattr(generator, "model", None)
     layout = getattr(generator, "layout", None)
@@ -505,9 +537,29 @@ def build_engine(
         face_model = load_default_model()
     if layout is None:
         layout = layout_for_model(face_model)
+    identity = generator_identity(generator, generator_spec)
     fit = edit = None
+    rig_generator = None
     if rignet is not None:
         fit, edit = load_rig(rignet, device)
+        rig_shape = edit.shape  # type: ignore[attr-defined]
+        rig_generator = edit.generator  # type: ignore[attr-defined]
+        if rig_shape != (identity["num_ws"], identity["w_dim"]):
+            raise WrongGenerator(
+                f"the rig {rignet!r} works on W+ {rig_shape[0]} x {rig_shape[1]} latents; generator "
+                f"{generator_spec!r} has W+ {identity['num_ws']} x {identity['w_dim']}: a rig only serves the "
+                "generator it was trained for"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # logged below instead, once
+            try:
+                messages = check_generator(
+                    rig_generator, identity, where=f"the rig {rignet!r}", allow_mismatch=allow_generator_mismatch
+                )
+            except GeneratorMismatch as e:
+                raise WrongGenerator(str(e)) from None
+        for message in messages:
+            log.warning("%s", message)
     elif oracle_fit:
         true_params = getattr(generator, "true_params", None)
         if true_params is None:
@@ -524,4 +576,6 @@ def build_engine(
         device=device,
         max_batch=max_batch,
         name=generator_spec,
+        identity=identity,
+        rig_generator=rig_generator,
     )

@@ -23,7 +23,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +47,9 @@ CONTROL_MODES: dict[str, tuple[str, ...]] = {
     "albedo": ("albedo",),
 }
 PAPER_MODES = ("pose", "expression", "illumination")
+# The order in which several RigNet edits are composed, whatever order a request names them in: pose first (it
+# moves the coarse layers the others read), then expression, then illumination, then colour and shape.
+COMPOSITION_ORDER = ("pose", "expression", "illumination", "albedo", "identity")
 SH_NAMES = ("L00", "L1m1", "L10", "L11", "L2m2", "L2m1", "L20", "L21", "L22")
 ROTATION_NAMES = ("pitch", "yaw", "roll")
 
@@ -97,7 +100,7 @@ class ParamLayout:
         self.check(p)
         return {name: p[..., self.slice(name)] for name, _ in self.sizes}
 
-    def join(self, blocks: Mapping[str, object]):
+    def join(self, blocks: Mapping[str, Any]):
         missing = [n for n, _ in self.sizes if n not in blocks]
         if missing:
             raise ParamError(f"missing parameter blocks {missing}")

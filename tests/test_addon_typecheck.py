@@ -24,5 +24,6 @@ def test_addon_type_checks_against_fake_bpy_module():
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / "addon").glob("*.py") if p.name not in SHARED)
     res = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(REPO / ".mypy_cache"),
                           "--python-version", "3.11", "--follow-imports=silent", "--disable-error-code", "union-attr",
-                          "--no-error-summary", *files], cwd=REPO, check=False, capture_output=True, text=True, timeout=300)
+                          "--no-error-summary", *files], cwd=REPO, check=False, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr

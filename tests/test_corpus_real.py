@@ -10,13 +10,10 @@ from test_corpus import all_arrays
 from stylerig_engine.corpus import (
     Corpus,
     CorpusConfig,
-    CorpusError,
     build_corpus,
     resolve_generator,
     sample_seeds,
 )
-
-weights = pytest.importorskip("stylerig_engine.stylegan2.weights")
 
 
 def test_stylegan2_corpus_matches_nvidia_seeds(tmp_path):
@@ -42,13 +39,9 @@ def test_stylegan2_corpus_matches_nvidia_seeds(tmp_path):
 
 
 def synthetic_generator(resolution: int):
-    """The synthetic world through load_generator("synthetic:RES") once registered, else directly."""
+    """The synthetic world through load_generator("synthetic:RES")."""
     spec = f"synthetic:{resolution}"
-    try:
-        return spec, resolve_generator(spec)
-    except CorpusError:
-        synthetic = pytest.importorskip("stylerig_engine.synthetic")
-        return spec, synthetic.SyntheticGenerator(resolution=resolution)
+    return spec, resolve_generator(spec)
 
 
 @pytest.mark.slow

@@ -70,9 +70,10 @@ def face():
     rng = np.random.default_rng(0)
     n3 = verts.size
     colour = np.clip(np.array([185.0, 135.0, 112.0]) + 10 * rng.standard_normal(verts.shape), 0, 255)
-    return {"verts": verts, "tri": tri, "lm": lm, "id_pc": orthonormal(rng, n3, 4), "id_ev": np.array([3e4, 2e4, 1e4, 5e3]),
-                "tex_mu": colour.reshape(-1), "tex_pc": orthonormal(rng, n3, 3), "tex_ev": np.array([1500.0, 900.0, 400.0]),
-                "exp_pc": orthonormal(rng, n3, 5), "exp_std": np.array([2e4, 1.5e4, 1e4, 5e3, 2e3])}
+    return {"verts": verts, "tri": tri, "lm": lm, "id_pc": orthonormal(rng, n3, 4),
+            "id_ev": np.array([3e4, 2e4, 1e4, 5e3]), "tex_mu": colour.reshape(-1), "tex_pc": orthonormal(rng, n3, 3),
+            "tex_ev": np.array([1500.0, 900.0, 400.0]), "exp_pc": orthonormal(rng, n3, 5),
+            "exp_std": np.array([2e4, 1.5e4, 1e4, 5e3, 2e3])}
 
 
 def write_bfm2009(path, f, drop=()):

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import SHARED_DIR
 from range_server import send_with_range
 
 from stylerig_engine.cli import main
@@ -28,8 +29,7 @@ from stylerig_engine.facemodel.fetch import (
 from stylerig_engine.facemodel.ict import import_ict, upstream_files
 from stylerig_engine.facemodel.obj import format_obj, read_obj
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ICT = SHARED / "assets" / "ict-facekit"
+ICT = SHARED_DIR / "assets" / "ict-facekit"
 FACEX = ICT / "FaceXModel"
 pytestmark = pytest.mark.skipif(not (ICT / "ict_face_light_pack.npz").is_file() or not FACEX.is_dir(),
                                 reason=f"shared ICT data not found at {ICT}")

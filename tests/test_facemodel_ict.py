@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DIR
 
 from stylerig_engine import facemodel
 from stylerig_engine.facemodel import ModelFormatError, ModelNotAvailableError, MorphableModel
@@ -21,8 +21,7 @@ from stylerig_engine.facemodel.ict import (
     read_pack,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ICT = SHARED / "assets" / "ict-facekit"
+ICT = SHARED_DIR / "assets" / "ict-facekit"
 FACEX = ICT / "FaceXModel"
 pytestmark = pytest.mark.skipif(not (ICT / "ict_face_light_pack.npz").is_file(),
                                 reason=f"shared ICT pack not found at {ICT}")

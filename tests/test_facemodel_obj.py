@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import SHARED_DIR
 
 from stylerig_engine.facemodel.obj import (
     ObjError,
@@ -16,8 +15,7 @@ from stylerig_engine.facemodel.obj import (
     read_obj_vertices,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ICT = SHARED / "assets" / "ict-facekit"
+ICT = SHARED_DIR / "assets" / "ict-facekit"
 FACEX = ICT / "FaceXModel"
 needs_ict = pytest.mark.skipif(not (ICT / "ict_face_light_pack.npz").is_file() or not FACEX.is_dir(),
                                reason=f"shared ICT data not found at {ICT}")

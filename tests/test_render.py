@@ -14,9 +14,9 @@ from stylerig_engine.render.rasterizer import (
     barycentrics,
     interpolate,
     visibility,
-    visibility_naive,
     visibility_reference,
 )
+from stylerig_engine.render.rasterizer_naive import visibility_naive
 from stylerig_engine.render.renderer import MeshRenderer
 from stylerig_engine.render.shading import (
     C1,

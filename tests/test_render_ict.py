@@ -1,5 +1,5 @@
 """The renderer on the default (ICT) face model: visibility on the real mesh, landmarks, occlusion at
-+-45 degrees of yaw, expression shape keys. Skipped when the default model is not available."""
++-45 degrees of yaw, expression shape keys."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import math
 import pytest
 import torch
 
+from stylerig_engine.facemodel import load_default_model
 from stylerig_engine.render.face import FaceRenderer
-from stylerig_engine.render.rasterizer import interpolate, visibility, visibility_naive
+from stylerig_engine.render.rasterizer import interpolate, visibility
+from stylerig_engine.render.rasterizer_naive import visibility_naive
 from stylerig_engine.render.shading import sh_directional
 
 
 @pytest.fixture(scope="module")
 def model():
-    try:
-        from stylerig_engine.facemodel import load_default_model
-    except ImportError as e:
-        pytest.skip(f"stylerig_engine.facemodel.load_default_model is not importable yet: {e}")
-    try:
-        return load_default_model()
-    except (FileNotFoundError, OSError) as e:
-        pytest.skip(f"default face model not available: {e}")
+    return load_default_model()
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,75 @@ def test_hello_must_come_in_time(serve):
     assert time.monotonic() - t < 5
 
 
+def test_idle_sockets_of_other_users_cannot_lock_the_owner_out(serve):
+    """Anyone on the machine can open the TCP port. Idle unauthenticated sockets have their own small cap (the
+    longest-waiting is evicted by a newcomer) and a short deadline, so they never take the authenticated slots:
+    the owner still gets in over the Unix socket and over TCP, and renders."""
+    r = serve(max_connections=4, max_unauthenticated=8, auth_timeout=1.5)
+    idle = [r.raw() for _ in range(70)]  # never send anything
+    wait_stats_server(r, lambda s: r.server.accepted == 70 and s["unauthenticated"] <= 8)
+    unix = Client.connect(r.info["unix"], token_file=r.info["token_file"])
+    r.clients.append(unix)
+    tcp = r.client()  # evicts the longest-waiting idle socket, then authenticates at once
+    h = unix.new_face(3)
+    np.testing.assert_array_equal(unix.render(h), r.engine.render([h])[0])
+    np.testing.assert_array_equal(tcp.render(h), r.engine.render([h])[0])
+    stats = unix.stats()
+    assert stats["connections"] == 2 and stats["unauthenticated"] <= 8
+    evicted = read_all(idle[0])  # the first were evicted by later ones, answered with a null id, closed
+    assert [(f["id"], f["error"]["code"]) for f in evicted] == [(None, "unauthorized")]
+    assert "waiting to authenticate" in evicted[0]["error"]["message"]
+    late = read_all(idle[-1])  # the last ones are closed at the deadline
+    assert [f["error"]["code"] for f in late] == ["unauthorized"] and "no hello within" in late[0]["error"]["message"]
+    wait_stats_server(r, lambda s: s["unauthenticated"] == 0)
+    assert unix.ping() > 0 and tcp.ping() > 0
+
+
+def test_a_slow_hello_is_closed_at_the_deadline(serve):
+    """The deadline is for the whole hello, not per read: trickling a frame does not keep a socket open."""
+    import select
+
+    r = serve(auth_timeout=0.6)
+    s = r.raw()
+    frame = P.encode_frame({"op": "hello", "id": 1, "token": r.server.token, "protocol": 1})
+    t = time.monotonic()
+    for b in frame:  # one byte every 0.1 s (12 s for the frame) until the server answers
+        if select.select([s], [], [], 0.1)[0]:
+            break
+        s.sendall(bytes([b]))
+    answered = time.monotonic() - t
+    assert 0.5 < answered < 3
+    # (the bytes the server never read may reset the connection before the reply is read)
+    assert [f["error"]["code"] for f in read_all(s)] in ([], ["unauthorized"])
+    wait_stats_server(r, lambda st: st["unauthenticated"] == 0)
+
+
+def test_authenticated_connections_over_the_limit_get_busy(serve):
+    r = serve(max_connections=2)
+    a, b = r.client(), r.client()
+    s = r.raw()
+    P.send_frame(s, {"op": "hello", "id": 5, "token": r.server.token, "protocol": 1})
+    replies = read_all(s)
+    assert [(f["id"], f["error"]["code"]) for f in replies] == [(5, "busy")]
+    assert "too many connections (2)" in replies[0]["error"]["message"]
+    assert a.ping() > 0 and b.ping() > 0
+    b.close()
+    wait_stats_server(r, lambda st: st["connections"] == 1)
+    assert r.client().ping() > 0  # a freed slot can be taken again
+
+
+def wait_stats_server(r: Running, done, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with r.server._conn_lock:
+            stats = {"connections": sum(c.authenticated for c, _ in r.server._connections.values()),
+                     "unauthenticated": len(r.server._pending)}
+        if done(stats):
+            return
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+
+
 def test_garbage_and_wrong_versions_get_an_answer_then_close(serve):
     r = serve()
     for data, code in (
@@ -211,6 +280,20 @@ def test_bad_requests_get_clear_errors_and_the_connection_survives(serve):
             "unknown latent handle",
         ),
         (P.encode_frame({"op": "hello", "id": 17, "token": "x"}), "bad_request", "already"),
+        (  # one face's W+ (num_ws, w_dim) is not num_ws frames
+            P.encode_frame({"op": "batch_render", "id": 18}, {"ws": np.zeros((4, 6), np.float32)}),
+            "bad_request",
+            "(frames, 4, 6)",
+        ),
+        (  # arrays must start on 8-byte boundaries
+            raw(
+                b'{"op": "upload_latent", "id": 19, "arrays": [{"name": "ws", "dtype": "<f4", "shape": [6], '
+                b'"offset": 4, "nbytes": 24}]}',
+                bytes(28),
+            ),
+            "bad_arrays",
+            "not a multiple of 8",
+        ),
         (P.encode_frame({"op": "ping", "id": [1]}), "bad_request", "'id'"),
     ]
     for data, code, text in cases:
@@ -260,6 +343,49 @@ def test_faces_latents_and_renders_match_the_engine(serve):
     expect_error("unknown_handle", c.render, h)
     stats = c.stats()
     assert stats["renders"] >= 5 and stats["connections"] >= 1
+
+
+def test_the_addon_names_what_differs_between_its_stored_layout_and_the_engines(serve):
+    from stylerig_addon.layout import Layout
+
+    from stylerig_engine.params import layout_for_model
+    from test_server_engine import tiny_model
+
+    info = serve().client().info()
+    engine = Layout.from_description(info["layout"])
+    assert Layout.from_description(engine.dumps()).differences(engine) == []
+    model = tiny_model()
+    model.expression_names = ["jawOpen", "smile"]  # same sizes, another meaning
+    renamed = Layout.from_description(layout_for_model(model).describe())
+    assert renamed.differences(engine) == [
+        "entry 5: 'expression/smile' in the rig, 'expression/eyeBlink_L' at the engine"
+    ]
+    bigger = layout_for_model(model).describe()
+    bigger["blocks"][0]["size"] += 1  # one more identity mode
+    for b in bigger["blocks"][1:]:
+        b["offset"] += 1
+    bigger["names"].insert(3, "identity/003")
+    bigger["prior_mean"].insert(3, 0.0)
+    bigger["prior_std"].insert(3, 1.0)
+    assert Layout.from_description(bigger).differences(engine) == ["identity: 4 entries in the rig, 3 at the engine"]
+
+
+def test_latent_uploads_and_reads_run_on_the_device_worker(serve, monkeypatch):
+    r = serve()
+    threads: list[str] = []
+    def spying(original):
+        def spy(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        return spy
+
+    for name in ("upload", "latent"):
+        monkeypatch.setattr(r.engine, name, spying(getattr(r.engine, name)))
+    c = r.client()
+    ws = np.arange(24, dtype=np.float32).reshape(4, 6)
+    np.testing.assert_array_equal(c.get_latent(c.upload_latent(ws)), ws)
+    assert len(threads) == 2 and set(threads) == {"stylerig-device-worker"}
 
 
 def test_geometry(serve):

@@ -295,15 +295,8 @@ def test_build_engine_from_a_python_factory():
         build_engine("py:test_server_engine:make_generator", rignet="/tmp/none")
 
 
-def test_synthetic_generator_when_available():
-    try:
-        from stylerig_engine.synthetic import SyntheticGenerator  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"synthetic generator not in this build: {err}")
-    try:
-        e = build_engine("synthetic:64", oracle_fit=True)
-    except (EngineError, TypeError, FileNotFoundError) as err:
-        pytest.skip(f"synthetic generator not constructible yet: {err}")
+def test_synthetic_generator():
+    e = build_engine("synthetic:64", oracle_fit=True)
     h = e.new_face(0)
     img = e.render([h], size=32)
     assert img.shape == (1, 32, 32, 4) and img.dtype == np.uint8 and img[..., :3].std() > 5
@@ -312,13 +305,10 @@ def test_synthetic_generator_when_available():
     assert e.geometry()[1]["vertices"].shape == (e.model.num_vertices, 3)
 
 
-def test_stylegan2_generator_when_available():
+def test_stylegan2_generator():
     from stylerig_engine.engine import load_generator
 
-    try:
-        gen = load_generator("random:16")
-    except (EngineError, ImportError) as err:
-        pytest.skip(f"stylegan2.load_generator not usable in this build: {err}")
+    gen = load_generator("random:16")
     model = tiny_model()
     e = Engine(gen, model, layout_for_model(model))
     h = e.new_face(5, psi=0.5)
@@ -326,3 +316,109 @@ def test_stylegan2_generator_when_available():
     torch.testing.assert_close(e.latent(h), gen.mapping(z, None, psi=0.5)[0])
     img = e.render([h], size=8)
     assert img.shape == (1, 8, 8, 4) and img.dtype == np.uint8
+
+
+def test_one_home_for_the_composition_order():
+    from stylerig_engine.params import COMPOSITION_ORDER, CONTROL_MODES
+    from stylerig_engine.rig import editing
+
+    assert sorted(COMPOSITION_ORDER) == sorted(CONTROL_MODES)
+    assert editing.COMPOSITION_ORDER == COMPOSITION_ORDER
+    e = make_engine(rig=True)
+    e.edit_fn.modes = tuple(reversed(COMPOSITION_ORDER))
+    assert e.edit_modes == COMPOSITION_ORDER  # listed (and targets checked) in the order the rig composes them
+
+
+# ---- a rig knows the generator it was trained for ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def stamped_rig(tmp_path_factory):
+    """A copy of the shipped rig with the identity of the synthetic world it was trained on (synthetic:64)."""
+    import shutil
+
+    from stylerig_engine.engine import load_generator
+    from stylerig_engine.rig import SHIPPED_RIG
+    from stylerig_engine.rig.checkpoints import stamp_generator
+
+    d = tmp_path_factory.mktemp("rig") / "synthetic"
+    shutil.copytree(SHIPPED_RIG, d)
+    before = {p.name: load_network_state(p) for p in d.glob("*.safetensors")}
+    identity = stamp_generator(d, load_generator("synthetic:32"), "synthetic:64")
+    after = {p.name: load_network_state(p) for p in d.glob("*.safetensors")}
+    for name, tensors in before.items():  # only the metadata changed
+        assert tensors.keys() == after[name].keys()
+        for k, t in tensors.items():
+            assert torch.equal(t, after[name][k]), (name, k)
+    return d, identity
+
+
+def load_network_state(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_stamped_rig_records_its_generator_in_checkpoints_and_configs(stamped_rig):
+    import json
+
+    from stylerig_engine.rig.checkpoints import read_description, read_generator
+
+    d, identity = stamped_rig
+    assert identity["name"] == "synthetic:64" and (identity["num_ws"], identity["w_dim"]) == (14, 512)
+    assert identity["hash_of"] == "synthetic-world recipe" and len(identity["weights_sha256"]) == 64
+    for net in ("dfr", "rignet-pose", "rignet-expression", "rignet-illumination"):
+        assert read_description(d / f"{net}.safetensors")["generator"] == identity
+        assert json.loads((d / f"{net}.config.json").read_text())["generator"] == identity
+    assert read_generator(d) == identity
+
+
+def test_shipping_a_rig_keeps_its_generator(stamped_rig, tmp_path):
+    from stylerig_engine.rig.checkpoints import read_description, read_generator
+    from stylerig_engine.rig.commands import ship_rig
+
+    d, identity = stamped_rig
+    ship_rig(d, tmp_path / "ship", ["pose"])
+    assert read_generator(tmp_path / "ship") == identity
+    assert read_description(tmp_path / "ship" / "rignet-pose.safetensors")["generator"] == identity
+
+
+def test_engine_serves_a_rig_only_on_its_generator(stamped_rig, caplog):
+    from stylerig_engine.engine import WrongGenerator
+
+    d, identity = stamped_rig
+    # the synthetic world at another resolution is the same latent space: accepted, silently
+    with caplog.at_level("WARNING", logger="stylerig.engine"):
+        e = build_engine("synthetic:32", rignet=str(d))
+    assert not caplog.records
+    assert e.info()["rig_generator"] == identity and e.info()["generator"]["weights_sha256"] == identity[
+        "weights_sha256"
+    ]
+    # another network with the same W+ shape (14 x 512): refused at start, with both identities named
+    with pytest.raises(WrongGenerator, match=r"trained for generator 'synthetic:64'.*not for 'random:256:512'"):
+        build_engine("random:256:512", rignet=str(d))
+    # ... unless an expert insists: served, with a warning
+    with caplog.at_level("WARNING", logger="stylerig.engine"):
+        e = build_engine("random:256:512", rignet=str(d), allow_generator_mismatch=True)
+    assert e.edit_modes and "trained for generator 'synthetic:64'" in caplog.text
+    # a different W+ shape can never work: refused even with the override
+    with pytest.raises(WrongGenerator, match="W\\+ 14 x 512.*W\\+ 18 x 512"):
+        build_engine("random:1024:1024", rignet="shipped", allow_generator_mismatch=True)
+
+
+def test_a_rig_without_an_identity_loads_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="stylerig.engine"):
+        e = build_engine("random:256:512", rignet="shipped")  # the shipped rig predates identities
+    assert "does not record which generator it was trained for" in caplog.text
+    assert "stylerig rig stamp" in caplog.text
+    assert e.info()["rig_generator"] is None and e.edit_modes == ("pose", "expression", "illumination")
+
+
+def test_stamping_checks_the_w_plus_shape(stamped_rig, tmp_path):
+    import shutil
+
+    from stylerig_engine.engine import load_generator
+    from stylerig_engine.rig.checkpoints import GeneratorMismatch, stamp_generator
+
+    d = tmp_path / "rig"
+    shutil.copytree(stamped_rig[0], d)
+    with pytest.raises(GeneratorMismatch, match="W\\+ 14 x 512"):
+        stamp_generator(d, load_generator("random:16"), "random:16")

@@ -27,8 +27,7 @@ from stylerig_engine.stylegan2.nvidia_pickle import (
 )
 from stylerig_engine.stylegan2.rosinality import load_rosinality
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "stylegan2" / "sg3_r64_ref.npz"
+FIXTURE = "fixtures/stylegan2/sg3_r64_ref.npz"  # in the shared_dir
 
 
 def tiny_generator(seed: int = 0, res: int = 16, z_dim: int = 32, **synthesis_kwargs) -> Generator:
@@ -392,10 +391,10 @@ def to_rosinality(G: Generator) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_rosinality_checkpoint_matches_nvidia_fixture(tmp_path):
-    if not FIXTURE.exists():
-        pytest.skip("fixture not available")
-    ref = np.load(FIXTURE)
+def test_rosinality_checkpoint_matches_nvidia_fixture(tmp_path, shared_dir):
+    if not (shared_dir / FIXTURE).exists():
+        pytest.skip(f"{shared_dir / FIXTURE} not available")
+    ref = np.load(shared_dir / FIXTURE)
     G = Generator(z_dim=256, w_dim=256, img_resolution=64, mapping_kwargs={"num_layers": 8},
                   synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
     G.load_state_dict({k[6:]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("param/")})

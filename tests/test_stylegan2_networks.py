@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from stylerig_engine.stylegan2 import networks as nw
+from stylerig_engine.stylegan2 import ops
 from stylerig_engine.stylegan2.inference import FastGenerator, InferenceOptions, set_fp16_resolutions, tf32_mode
 from stylerig_engine.stylegan2.networks import Generator
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "stylegan2" / "sg3_r64_ref.npz"
+FIXTURE = "fixtures/stylegan2/sg3_r64_ref.npz"  # in the shared_dir
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -32,10 +30,11 @@ def tiny_generator(seed: int = 0, res: int = 16, **synthesis_kwargs) -> Generato
 
 
 @pytest.fixture(scope="module")
-def ref():
-    if not FIXTURE.exists():
-        pytest.skip(f"{FIXTURE} not available")
-    return dict(np.load(FIXTURE))
+def ref(shared_dir):
+    path = shared_dir / FIXTURE
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return dict(np.load(path))
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +99,10 @@ def test_generator_call_is_mapping_then_synthesis(ref, fixture_generator):
 
 
 def test_setup_filter_is_nvidias_normalised_outer_product():
-    f = nw.setup_filter([1, 3, 3, 1])
+    f = ops.setup_filter([1, 3, 3, 1])
     expected = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64
     assert torch.equal(f, expected)
-    assert torch.equal(nw.setup_filter([1, 3, 3, 1], gain=4), expected * 4)
+    assert torch.equal(ops.setup_filter([1, 3, 3, 1], gain=4), expected * 4)
 
 
 def test_upfirdn2d_ref_semantics_by_hand():
@@ -111,18 +110,18 @@ def test_upfirdn2d_ref_semantics_by_hand():
     x = torch.zeros(1, 1, 1, 3)
     x[0, 0, 0, 1] = 1.0
     f = torch.tensor([[1.0, 2.0, 3.0]])  # 2-D [1, 3], asymmetric to see the flip
-    y = nw.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0])
+    y = ops.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0])
     # Both axes are upsampled: row 0 holds the data, row 1 the inserted zeros. Along x: upsampled
     # [0,0,1,0,0,0]; padded [0,0, 0,0,1,0,0,0, 0]; a true convolution with [1,2,3] puts the impulse response
     # [1,2,3] starting at the impulse.
     assert y.shape == (1, 1, 2, 7) and not y[0, 0, 1].any()
     assert y[0, 0, 0].tolist() == [0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0]
-    y_corr = nw.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0], flip_filter=True)
+    y_corr = ops.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0], flip_filter=True)
     assert y_corr[0, 0, 0].tolist() == [0.0, 0.0, 3.0, 2.0, 1.0, 0.0, 0.0]
-    assert torch.equal(nw.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0], gain=3), y * 3)
+    assert torch.equal(ops.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0], gain=3), y * 3)
     # negative padding crops; down keeps every second sample (of both axes)
-    assert nw.upfirdn2d_ref(x, f, up=2, padding=[-1, 0, 0, 0]).shape[-1] == 3
-    y_down = nw.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0], down=2)
+    assert ops.upfirdn2d_ref(x, f, up=2, padding=[-1, 0, 0, 0]).shape[-1] == 3
+    y_down = ops.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 0, 0], down=2)
     assert y_down.shape == (1, 1, 1, 4) and y_down.flatten().tolist() == [0.0, 1.0, 3.0, 0.0]
 
 
@@ -130,20 +129,20 @@ def test_upfirdn2d_ref_semantics_by_hand():
 def test_upsample2d_fast_equals_reference(shape):
     torch.manual_seed(1)
     x = torch.randn(shape)
-    f = nw.setup_filter([1, 3, 3, 1])
-    ref = nw.upsample2d_ref(x, f)
-    out = nw.upsample2d(x, f)
+    f = ops.setup_filter([1, 3, 3, 1])
+    ref = ops.upsample2d_ref(x, f)
+    out = ops.upsample2d(x, f)
     assert out.shape == (shape[0], shape[1], shape[2] * 2, shape[3] * 2)
     assert torch.allclose(out, ref, atol=1e-6, rtol=0)
-    cl = nw.upsample2d(x.contiguous(memory_format=torch.channels_last), f)
+    cl = ops.upsample2d(x.contiguous(memory_format=torch.channels_last), f)
     assert torch.allclose(cl, ref, atol=1e-6, rtol=0)
 
 
 def test_filter2d_padded_equals_reference():
     torch.manual_seed(2)
     x = torch.randn(2, 4, 9, 9)
-    f = nw.setup_filter([1, 3, 3, 1])
-    assert torch.allclose(nw.filter2d_padded(x, f, padding=1, gain=4), nw.upfirdn2d_ref(x, f, padding=1, gain=4),
+    f = ops.setup_filter([1, 3, 3, 1])
+    assert torch.allclose(ops.filter2d_padded(x, f, padding=1, gain=4), ops.upfirdn2d_ref(x, f, padding=1, gain=4),
                           atol=1e-6, rtol=0)
 
 
@@ -154,9 +153,9 @@ def test_upsampling_conv_equals_zero_insertion_then_filter_then_conv():
     torch.manual_seed(3)
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
-    f = nw.setup_filter([1, 3, 3, 1]).to(torch.float64)
-    out = nw.conv2d_resample(x, w, f=f.float(), up=2, padding=1, flip_weight=False, fast=False)
-    up = nw.upfirdn2d_ref(x, f.float(), up=2, padding=[3, 2, 3, 2], gain=4)
+    f = ops.setup_filter([1, 3, 3, 1]).to(torch.float64)
+    out = ops.conv2d_resample(x, w, f=f.float(), up=2, padding=1, flip_weight=False, fast=False)
+    up = ops.upfirdn2d_ref(x, f.float(), up=2, padding=[3, 2, 3, 2], gain=4)
     expected = torch.nn.functional.conv2d(up, w.flip([2, 3]))
     assert out.shape == (2, 4, 10, 10)
     assert torch.allclose(out, expected, atol=1e-10)
@@ -166,11 +165,11 @@ def test_bias_act_inplace_equals_reference_and_keeps_autograd():
     torch.manual_seed(4)
     x = torch.randn(3, 5, 4, 4) * 300
     b = torch.randn(5)
-    ref = nw.bias_act_ref(x, b, act="lrelu", clamp=256)
+    ref = ops.bias_act_ref(x, b, act="lrelu", clamp=256)
     assert ref.abs().max() <= 256
-    assert torch.equal(nw.bias_act(x.clone(), b, act="lrelu", clamp=256), ref)
+    assert torch.equal(ops.bias_act(x.clone(), b, act="lrelu", clamp=256), ref)
     xr = x.clone().requires_grad_(True)
-    out = nw.bias_act(xr * 1.0, b, act="lrelu", gain=2.0)
+    out = ops.bias_act(xr * 1.0, b, act="lrelu", gain=2.0)
     out.sum().backward()
     assert torch.allclose(xr.grad, torch.where(x + b.view(1, -1, 1, 1) > 0, 2.0, 0.4))
 
@@ -181,11 +180,11 @@ def test_modulated_conv_fused_equals_unfused():
     w = torch.randn(5, 6, 3, 3)
     s = torch.randn(3, 6)
     noise = torch.randn(3, 1, 16, 16)
-    f = nw.setup_filter([1, 3, 3, 1])
+    f = ops.setup_filter([1, 3, 3, 1])
     for up, pad, flip in [(1, 1, True), (2, 1, False)]:
-        a = nw.modulated_conv2d(x, w, s, noise=noise if up == 2 else None, up=up, padding=pad, resample_filter=f,
+        a = ops.modulated_conv2d(x, w, s, noise=noise if up == 2 else None, up=up, padding=pad, resample_filter=f,
                                 flip_weight=flip, fused_modconv=True)
-        b = nw.modulated_conv2d(x, w, s, noise=noise if up == 2 else None, up=up, padding=pad, resample_filter=f,
+        b = ops.modulated_conv2d(x, w, s, noise=noise if up == 2 else None, up=up, padding=pad, resample_filter=f,
                                 flip_weight=flip, fused_modconv=False)
         assert torch.allclose(a, b, atol=1e-5)
     # Demodulation: with unit input energy per channel each output channel's weights have unit norm.

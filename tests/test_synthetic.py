@@ -4,22 +4,15 @@ import numpy as np
 import pytest
 import torch
 
+from stylerig_engine.facemodel import load_default_model
 from stylerig_engine.render.face import FaceRenderer
 from stylerig_engine.render.shading import linear_to_srgb
-
-pytest.importorskip("stylerig_engine.facemodel")
-from stylerig_engine.facemodel import ModelNotAvailableError, load_default_model  # noqa: E402
+from stylerig_engine.synthetic import SyntheticGenerator
 
 
 @pytest.fixture(scope="module")
 def world():
-    try:
-        model = load_default_model()
-    except ModelNotAvailableError as e:
-        pytest.skip(str(e))
-    from stylerig_engine.synthetic import SyntheticGenerator
-
-    return SyntheticGenerator(model, resolution=64, seed=0)
+    return SyntheticGenerator(load_default_model(), resolution=64, seed=0)
 
 
 def latents(G, n, seed, psi=1.0):

@@ -67,7 +67,8 @@ def _loadmat(path: Path, fields: Sequence[str], optional: Sequence[str] = ()) ->
         except Exception as e:
             raise ModelFormatError(f"{path}: not a readable MATLAB v7.3 file ({e})") from e
     except Exception as e:  # truncated, not a mat file, ...
-        raise ModelFormatError(f"{path}: not a readable MATLAB file, truncated or damaged ({type(e).__name__}: {e})") from e
+        raise ModelFormatError(
+            f"{path}: not a readable MATLAB file, truncated or damaged ({type(e).__name__}: {e})") from e
     missing = [k for k in fields if k not in data]
     if missing:
         raise ModelFormatError(f"{path}: missing fields {missing} (is this the right file?)")
@@ -158,7 +159,8 @@ def build_pca_model(name: str, *, mean: np.ndarray, identity: np.ndarray, expres
     alb_mean, alb_basis = _linear_albedo(albedo_mean, albedo_basis, colour_scale, colour_space)
     eyes = inside_polygon_xy(neutral, neutral[landmarks[36:42]]) | inside_polygon_xy(neutral, neutral[landmarks[42:48]])
     eyes &= neutral[:, 2] > lm[36:48, 2].min() - 1.0 - centre[2]
-    mouth = inside_polygon_xy(neutral, neutral[landmarks[60:68]]) & (neutral[:, 2] > lm[60:68, 2].min() - 1.5 - centre[2])
+    mouth = inside_polygon_xy(neutral, neutral[landmarks[60:68]]) \
+        & (neutral[:, 2] > lm[60:68, 2].min() - 1.5 - centre[2])
     regions = {"face_skin": ~(eyes | mouth), "eyes": eyes, "mouth_interior": mouth, "head_neck": np.zeros(v, bool)}
     model = MorphableModel(
         name=name, neutral=neutral.astype(np.float32),
@@ -173,7 +175,8 @@ def build_pca_model(name: str, *, mean: np.ndarray, identity: np.ndarray, expres
         polygon_uvs=np.zeros(0, np.int32), landmarks=landmarks.astype(np.int32), regions=regions,
         notice=notice, meta=dict(meta or {}, units="cm", colour_space_of_source=colour_space,
                                  upstream_translation_cm=[float(-x) for x in centre],
-                                 origin=f"symmetry plane, eye level, {HEAD_CENTRE_BEHIND_NOSE_CM} cm behind the nose tip"))
+                                 origin=f"symmetry plane, eye level, {HEAD_CENTRE_BEHIND_NOSE_CM} cm behind the "
+                                        "nose tip"))
     model.validate()
     return model
 

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     fetch.set_defaults(func=_cmd_fetch)
 
     info = sub.add_parser("info", help="print a model's summary and where it is cached")
-    info.add_argument("name", nargs="?", default="ict-face-light", help="model name or .npz path (default: ict-face-light)")
+    info.add_argument("name", nargs="?", default="ict-face-light",
+                      help="model name or .npz path (default: ict-face-light)")
     info.set_defaults(func=_cmd_info)
 
     imp = sub.add_parser("import", help="convert a user-supplied Basel Face Model into the cache",

@@ -82,8 +82,9 @@ def _fetch_one(rel: str, root: Path, url: str, manifest: dict, *, force: bool, p
         download(url + rel, dest, sha256=expected, progress=progress)
     except DownloadError as e:
         if "SHA-256 mismatch" in str(e):
-            raise IntegrityError(f"{e}. The file's hash is {how} ({'in this code' if how == 'pinned' else root / MANIFEST})"
-                                 "; the download does not match the expected upstream bytes") from e
+            where = "in this code" if how == "pinned" else root / MANIFEST
+            raise IntegrityError(f"{e}. The file's hash is {how} ({where}); the download does not match the "
+                                 "expected upstream bytes") from e
         raise
     if expected is None:  # trust on first use: record it; later downloads and conversions check it
         manifest.setdefault("files", {})[rel] = {

@@ -232,7 +232,8 @@ def head_centre(neutral: np.ndarray, landmarks: np.ndarray, back_z: float | None
 def convert_ict(src: IctSource, *, with_albedo: bool = True) -> MorphableModel:
     """IctSource (upstream numbering) -> MorphableModel (kept parts only, re-indexed, centred)."""
     if src.neutral.shape != (UPSTREAM_VERTICES, 3):
-        raise ModelFormatError(f"{src.origin}: the neutral mesh has {len(src.neutral)} vertices, ICT has {UPSTREAM_VERTICES}")
+        raise ModelFormatError(
+            f"{src.origin}: the neutral mesh has {len(src.neutral)} vertices, ICT has {UPSTREAM_VERTICES}")
     kept_ids = [src.material_names.index(m) for m in KEPT_MATERIALS if m in src.material_names]
     if len(kept_ids) != len(KEPT_MATERIALS):
         raise ModelFormatError(f"{src.origin}: OBJ lacks materials {set(KEPT_MATERIALS) - set(src.material_names)}")

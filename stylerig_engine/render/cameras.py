@@ -145,5 +145,5 @@ def portrait_camera(landmarks_3d: np.ndarray, image_size: int, *, distance: floa
         shift = (c2 - cam.principal_point) * distance / cam.focal_px
         pos = np.array(cam.position) + np.array([shift[0], -shift[1], 0.0])
         # ... and zoom so the crop side becomes the image size.
-        cam = replace(cam, position=tuple(float(p) for p in pos), focal=cam.focal * image_size / side)
+        cam = replace(cam, position=(float(pos[0]), float(pos[1]), float(pos[2])), focal=cam.focal * image_size / side)
     return cam

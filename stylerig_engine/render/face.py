@@ -35,6 +35,18 @@ class FaceRenderer(torch.nn.Module):
       distance: camera distance to the face in centimetres for the default camera.
     """
 
+    # buffers (declared for type checkers: nn.Module types attributes Tensor | Module)
+    neutral: torch.Tensor
+    identity_basis: torch.Tensor
+    expression_basis: torch.Tensor
+    albedo_mean: torch.Tensor
+    albedo_basis: torch.Tensor
+    faces: torch.Tensor
+    landmark_ids: torch.Tensor
+    landmark_neutral: torch.Tensor
+    landmark_identity: torch.Tensor
+    landmark_expression: torch.Tensor
+
     def __init__(self, model, layout: ParamLayout | None = None, *, image_size: int = 256,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  camera: PerspectiveCamera | None = None, backend: str = "torch",

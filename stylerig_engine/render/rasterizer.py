@@ -12,7 +12,8 @@ Two passes, the standard split of differentiable rasterisers (PyTorch3D, nvdiffr
    * "reference": obviously correct and slow; a Python loop over triangles, each tested against every
      pixel, keeping the nearer. Use it on small meshes to validate the fast path.
    * "naive": the vectorised bounding-box rasteriser this project started from (every triangle padded to
-     the largest bounding box, no culling, two-step z-buffer). Kept only as the benchmark baseline.
+     the largest bounding box, no culling, two-step z-buffer), in rasterizer_naive.py: the benchmark
+     baseline only.
    All three use the same triangle set-up, inside test and depth comparison, so they agree pixel for
    pixel (ties in depth go to the lower triangle id in all three).
 2. Barycentrics (differentiable): for the covered pixels only, the barycentric coordinates of the pixel
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -401,44 +403,6 @@ def visibility_reference(screen: torch.Tensor, faces: torch.Tensor, image_size: 
     return out
 
 
-@torch.no_grad()
-def visibility_naive(screen: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], *,
-                     cull_backfaces: bool = True, near: float = 1e-3) -> torch.Tensor:
-    """The baseline: per image, every triangle padded to the largest bounding box in the mesh, a float
-    z-buffer by scatter_reduce(amax) of 1/z and a second pass to pick the winning id. Benchmarks only.
-    (Back faces get no pixels, for equal output, but the baseline still pays for every triangle.)"""
-    _check(screen, faces)
-    h, w = image_size
-    nt = faces.shape[0]
-    dev = screen.device
-    out = []
-    for b in range(screen.shape[0]):
-        p = _corners(screen[b:b + 1], faces)
-        bx, by, nx, ny = _cull_and_bound(p, h, w, cull_backfaces=cull_backfaces, near=near)
-        coef = _coefficients(p, bx, by)
-        x0, x1, x2, y0, y1, y2 = p[:6]
-        # The baseline's box is the unclipped extent (it does not know about culling).
-        kx = int((torch.maximum(torch.maximum(x0, x1), x2) - torch.minimum(torch.minimum(x0, x1), x2)).max()) + 2
-        ky = int((torch.maximum(torch.maximum(y0, y1), y2) - torch.minimum(torch.minimum(y0, y1), y2)).max()) + 2
-        kx, ky = min(kx, w), min(ky, h)
-        col = torch.arange(kx, device=dev).view(1, 1, kx).expand(nt, ky, kx)
-        row = torch.arange(ky, device=dev).view(1, ky, 1).expand(nt, ky, kx)
-        inbox = (col < nx.view(nt, 1, 1)) & (row < ny.view(nt, 1, 1))
-        cf = coef.view(3, 4, nt, 1, 1)
-        lam = cf[2] + cf[0] * col.to(coef.dtype) + cf[1] * row.to(coef.dtype)
-        hit = inbox & (lam[0] >= 0) & (lam[1] >= 0) & (lam[2] >= 0)
-        pix = ((by.view(nt, 1, 1) + row) * w + bx.view(nt, 1, 1) + col)[hit]
-        invz = lam[3][hit]
-        tid = torch.arange(nt, device=dev).view(nt, 1, 1).expand(nt, ky, kx)[hit]
-        best = torch.full((h * w,), -float("inf"), dtype=invz.dtype, device=dev)
-        best.scatter_reduce_(0, pix, invz, reduce="amax")
-        win = invz >= best[pix]
-        face = torch.full((h * w,), _MAX_KEY, dtype=torch.int64, device=dev)
-        face.scatter_reduce_(0, pix[win], tid[win], reduce="amin")
-        out.append(torch.where(face == _MAX_KEY, torch.full_like(face, -1), face).view(h, w))
-    return torch.stack(out)
-
-
 # ---- the rasteriser ---------------------------------------------------------------------------------
 class MeshRasterizer(torch.nn.Module):
     """Screen-space triangles -> Fragments.
@@ -459,7 +423,8 @@ class MeshRasterizer(torch.nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown rasteriser backend {backend!r}; choose from {BACKENDS}")
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size: tuple[int, int] = (
+            (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1])))
         self.cull_backfaces = cull_backfaces
         self.perspective_correct = perspective_correct
         self.backend = backend
@@ -473,12 +438,14 @@ class MeshRasterizer(torch.nn.Module):
     def forward(self, screen: torch.Tensor, faces: torch.Tensor) -> Fragments:
         """(B, V, 3) (x_px, y_px, depth) vertices and (T, 3) faces -> Fragments."""
         _check(screen, faces)
-        kw = {"cull_backfaces": self.cull_backfaces, "near": self.near}
+        kw: dict[str, Any] = {"cull_backfaces": self.cull_backfaces, "near": self.near}
         if self.backend == "torch":
             pix_to_face = visibility(screen, faces, self.image_size, max_candidates=self.max_candidates, **kw)
         elif self.backend == "reference":
             pix_to_face = visibility_reference(screen, faces, self.image_size, **kw)
         else:
+            from .rasterizer_naive import visibility_naive
+
             pix_to_face = visibility_naive(screen, faces, self.image_size, **kw)
         return barycentrics(screen, faces, pix_to_face, perspective_correct=self.perspective_correct)
 

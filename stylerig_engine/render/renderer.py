@@ -105,17 +105,18 @@ class MeshRenderer(torch.nn.Module):
         per = max(1, self.chunk_pixels // (self.camera.image_size ** 2)) if self.chunk_pixels else bsz
         if bsz <= per:
             return self._render(verts, faces, albedo, sh, background, landmarks, regions, normals)
-        bg_batched = isinstance(background, torch.Tensor) and background.ndim == 4 and background.shape[0] > 1
+        batched_bg = background if isinstance(background, torch.Tensor) and background.ndim == 4 \
+            and background.shape[0] > 1 else None
         parts = []
         for s in range(0, bsz, per):
             e = min(s + per, bsz)
             parts.append(self._render(verts[s:e], faces, albedo[s:e], sh[s:e],
-                                      background[s:e] if bg_batched else background, landmarks, regions,
+                                      background if batched_bg is None else batched_bg[s:e], landmarks, regions,
                                       None if normals is None else normals[s:e]))
         return RenderOutput(
             image=torch.cat([o.image for o in parts]), mask=torch.cat([o.mask for o in parts]),
             depth=torch.cat([o.depth for o in parts]),
-            landmarks=None if landmarks is None else torch.cat([o.landmarks for o in parts]),
+            landmarks=None if landmarks is None else torch.cat([o.landmarks for o in parts if o.landmarks is not None]),
             fragments=Fragments.cat([o.fragments for o in parts], num_vertices=verts.shape[1]),
             screen=torch.cat([o.screen for o in parts]),
             regions={k: torch.cat([o.regions[k] for o in parts]) for k in parts[0].regions})

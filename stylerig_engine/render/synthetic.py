@@ -64,7 +64,7 @@ def toy_head(n_lat: int = 24, n_lon: int = 32, *, nose: float = 2.0) -> Morphabl
         for j in range(n_lon):
             a, b, c, d = vid(i, j), vid(i, j + 1), vid(i + 1, j), vid(i + 1, j + 1)
             tris += [(a, c, d), (a, d, b)]
-    tris = np.asarray(tris, dtype=np.int32)
+    triangles = np.asarray(tris, dtype=np.int32)
     x, y, z = verts.T
     front = z > 0
     verts[:, 2] += nose * _bump(x, y, 0.0, -0.5, 1.0, 1.8) * front
@@ -100,9 +100,9 @@ def toy_head(n_lat: int = 24, n_lon: int = 32, *, nose: float = 2.0) -> Morphabl
         expression_basis=np.stack(list(expressions.values())).astype(np.float32),
         expression_names=list(expressions), expression_prior="blendshape",
         albedo_mean=albedo.astype(np.float32), albedo_basis=np.full((1, v, 3), 0.1, np.float32),
-        albedo_names=["brightness"], triangles=tris,
-        polygon_start=np.arange(0, 3 * len(tris) + 1, 3, dtype=np.int32),
-        polygon_vertices=tris.reshape(-1).astype(np.int32), uvs=np.zeros((0, 2), np.float32),
+        albedo_names=["brightness"], triangles=triangles,
+        polygon_start=np.arange(0, 3 * len(triangles) + 1, 3, dtype=np.int32),
+        polygon_vertices=triangles.reshape(-1).astype(np.int32), uvs=np.zeros((0, 2), np.float32),
         polygon_uvs=np.zeros((0,), np.int32), landmarks=landmarks,
         regions={"face_skin": face & ~eyes, "eyes": eyes, "head_neck": ~face},
         notice="synthetic test model, no data")

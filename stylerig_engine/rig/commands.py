@@ -100,6 +100,14 @@ def register(subparsers) -> None:
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.set_defaults(func=_evaluate)
 
+    rig_cmd = subparsers.add_parser("rig", help="maintain trained rig directories")
+    rig_kinds = rig_cmd.add_subparsers(dest="rig_command", metavar="ACTION", required=True)
+    stamp = rig_kinds.add_parser("stamp", help="record which generator a rig was trained for (checkpoints and "
+                                 "configs), so that engines refuse it on any other generator")
+    stamp.add_argument("directory", help="rig directory (dfr.safetensors, rignet-*.safetensors, *.config.json)")
+    stamp.add_argument("--generator", required=True, help="the generator spec it was trained on, e.g. synthetic:64")
+    stamp.set_defaults(func=_stamp)
+
 
 def parse_layers(text: str | None) -> list[int] | None:
     if not text:
@@ -180,6 +188,7 @@ def _train_one(args) -> int:
 
 def _train_all(args) -> int:
     from ..corpus import CorpusConfig, build_corpus, resolve_generator
+    from .checkpoints import stamp_generator
     from .editing import load_rig
     from .evaluate import evaluate, format_table
     from .train import train
@@ -205,6 +214,7 @@ def _train_all(args) -> int:
         cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps,
                       batch=args.rignet_batch or args.batch)
         train(cfg, resume=args.resume or (out / f"rignet-{mode}.safetensors").exists())
+    stamp_generator(out, generator, args.generator, configs=False)  # (--resume reads the configs as written)
     rig = load_rig(out)
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
@@ -224,16 +234,21 @@ def _train_all(args) -> int:
 
 def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
     """Copy a trained rig for distribution: weights in float16 (half the size; edits change by < 1e-3 of a
-    latent's std), the training configs and the evaluation report."""
+    latent's std), the training configs and the evaluation report, with the identity of the generator it was
+    trained for (checkpoints.read_generator) in both."""
     import torch
 
-    from .checkpoints import load_network, save_network
+    from .checkpoints import load_network, read_generator, save_network
 
     dest.mkdir(parents=True, exist_ok=True)
+    identity = read_generator(run)
     for name in ["dfr"] + [f"rignet-{m}" for m in modes]:
         net = load_network(run / f"{name}.safetensors")
-        save_network(net, dest / f"{name}.safetensors", dtype=torch.float16, extra={"shipped_from": str(run)})
+        save_network(net, dest / f"{name}.safetensors", dtype=torch.float16, extra={"shipped_from": str(run)},
+                     generator=identity)
         config = json.loads((run / f"{name}.config.json").read_text())
+        if identity is not None:
+            config["generator"] = identity
         with atomic_write(dest / f"{name}.config.json", "w") as f:
             json.dump(config, f, indent=1)
     with atomic_write(dest / "evaluation.json", "w") as f:
@@ -274,6 +289,16 @@ def _evaluate(args) -> int:
         with atomic_write(args.json, "w") as f:
             json.dump(report, f, indent=1)
     print(format_table(report))
+    return 0
+
+
+def _stamp(args) -> int:
+    from ..engine import load_generator
+    from .checkpoints import stamp_generator
+
+    identity = stamp_generator(args.directory, load_generator(args.generator), args.generator)
+    print(f"{args.directory}: trained for {identity['name']} (W+ {identity['num_ws']} x {identity['w_dim']}, "
+          f"{identity['hash_of']} sha256 {identity['weights_sha256']})")
     return 0
 
 

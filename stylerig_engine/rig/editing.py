@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 
 from ..params import CONTROL_MODES, ParamLayout
-from .checkpoints import CheckpointError, load_network
+from .checkpoints import CheckpointError, load_network, read_generator
 from .networks import DFR, RigNet
 
 # The order in which several edits are composed: pose first (it moves the coarse layers that others read),
@@ -35,6 +35,7 @@ class Rig(torch.nn.Module):
                 raise ValueError(f"RigNet {mode!r} was trained for another parameter layout or latent size")
         self.dfr = dfr
         self.rignets = torch.nn.ModuleDict(dict(rignets))
+        self.generator: dict | None = None  # identity of the generator it was trained for (checkpoints.py)
 
     @property
     def layout(self) -> ParamLayout:
@@ -89,6 +90,7 @@ def load_rig(directory: str | os.PathLike | None = None, device: str | torch.dev
         rignets[net.mode] = net
     rig = Rig(dfr, rignets).eval()
     rig.requires_grad_(False)
+    rig.generator = read_generator(directory)
     return rig
 
 

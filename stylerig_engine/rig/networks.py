@@ -1,6 +1,7 @@
 """DFR (latent -> face parameters) and RigNet (latent + target parameters -> edited latent).
 
-Shapes are asserted at module boundaries: ws is (B, num_ws, w_dim), parameters are (B, D) in a ParamLayout.
+Shapes are checked at module boundaries (ValueError, so the checks survive `python -O`): ws is
+(B, num_ws, w_dim), parameters are (B, D) in a ParamLayout.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ..params import CONTROL_MODES, ParamLayout
+from ..stylegan2.ops import assert_shape
 
 # Which W+ layers each control mode may change, for a 14-layer W+ (256² StyleGAN2): coarse layers carry
 # pose, middle layers expression, fine layers colour and light. Scaled for other W+ sizes by default_layers.
@@ -30,6 +32,9 @@ def default_layers(mode: str, num_ws: int) -> tuple[int, ...]:
 
 class LatentNormaliser(nn.Module):
     """(ws - w_avg) / w_std with statistics measured on the corpus, stored with the network."""
+
+    w_avg: torch.Tensor  # buffers (declared for type checkers: nn.Module types attributes Tensor | Module)
+    w_std: torch.Tensor
 
     def __init__(self, w_dim: int):
         super().__init__()
@@ -76,6 +81,9 @@ class DFR(nn.Module):
     prior mean and has the same scale.
     """
 
+    prior_mean: torch.Tensor  # buffers
+    prior_std: torch.Tensor
+
     def __init__(self, layout: ParamLayout, *, num_ws: int, w_dim: int, hidden: int = 256, layer_code: int = 0):
         super().__init__()
         if layer_code < 0:
@@ -84,16 +92,15 @@ class DFR(nn.Module):
         self.normaliser = LatentNormaliser(w_dim)
         self.encoder = PerLayerLinear(num_ws, w_dim, layer_code) if layer_code else None
         inputs = num_ws * (layer_code or w_dim)
-        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
-                                 nn.Linear(hidden, layout.dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        head = nn.Linear(hidden, layout.dim)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(), head)
         self.register_buffer("prior_mean", torch.as_tensor(layout.prior_mean, dtype=torch.float32))
         self.register_buffer("prior_std", torch.as_tensor(layout.prior_std, dtype=torch.float32))
 
     def forward(self, ws: torch.Tensor) -> torch.Tensor:
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
-            f"ws must be (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
+        assert_shape(ws, [None, self.num_ws, self.w_dim], "ws")
         x = self.normaliser(ws)
         if self.encoder is not None:
             x = self.encoder(x)
@@ -116,6 +123,11 @@ class RigNet(nn.Module):
       latent_dim: encoder output width (32 in the paper).
       hidden: decoder hidden width.
     """
+
+    block_index: torch.Tensor  # buffers
+    layer_index: torch.Tensor
+    prior_mean: torch.Tensor
+    prior_std: torch.Tensor
 
     def __init__(self, mode: str, layout: ParamLayout, *, num_ws: int, w_dim: int,
                  layers: tuple[int, ...] | None = None, latent_dim: int = 32, hidden: int = 256):
@@ -146,9 +158,8 @@ class RigNet(nn.Module):
 
     def offsets(self, ws: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """(B, num_ws, w_dim), (B, D) -> d (B, num_ws, w_dim), zero outside self.layers."""
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), \
-            f"ws must be (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
-        self.layout.check(params)
+        assert_shape(ws, [None, self.num_ws, self.w_dim], "ws")
+        assert_shape(params, [ws.shape[0], self.layout.dim], "params")
         x = self.normaliser(ws).index_select(1, self.layer_index)  # (B, n, w_dim)
         code = self.encoder(x)
         target = self.target(params)[:, None, :].expand(-1, code.shape[1], -1)

@@ -88,8 +88,9 @@ def _cmd_list(args) -> int:
     print(f"{'NAME':<11} {'RES':>5}  {'STATUS':<9} SOURCE")
     for name, net in PRETRAINED.items():
         rec = records.get(name)
-        status = "fetched" if rec and Path(rec["path"]).exists() else "-"
-        where = rec["path"] if status == "fetched" else net.url()
+        fetched = rec is not None and Path(rec["path"]).exists()
+        status = "fetched" if fetched else "-"
+        where = rec["path"] if rec is not None and fetched else net.url()
         print(f"{name:<11} {net.resolution:>5}  {status:<9} {where}")
     print("\nLicense: NVIDIA Source Code License-NC (non-commercial use only). Also: random:RES, or any "
           ".pkl / .pt / .safetensors path.")
@@ -175,8 +176,8 @@ def _cmd_generate(args) -> int:
             ws = runner.mapping(z, c, psi=args.psi, cutoff=args.cutoff)
             if args.noise_mode == "random":
                 torch.manual_seed(chunk[0])
-            img = runner.synthesis(ws, noise_mode=args.noise_mode)
-            img = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
+            x = runner.synthesis(ws, noise_mode=args.noise_mode)
+            img = (x.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
             for i, seed in enumerate(chunk):
                 pixels = img[i] if img.shape[-1] != 1 else img[i, :, :, 0]
                 with fileio.atomic_write(args.out / f"seed{seed:04d}.png") as f:

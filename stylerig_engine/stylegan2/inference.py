@@ -12,7 +12,7 @@ Each option is independent, off by default, and measured by ``benchmarks/generat
 * ``cuda_graph``: capture the batch-1 synthesis call in a CUDA graph per noise mode and replay it (CUDA
   only; other batch sizes and CPU tensors take the normal path).
 * ``fused_modconv``: force the grouped-convolution (True) or the scale-conv-scale (False) form of the
-  modulated convolution; None picks per block (`networks.auto_fused_modconv`).
+  modulated convolution; None picks per block (`ops.auto_fused_modconv`).
 
 `FastGenerator` wraps a `Generator` with these options and has the same ``mapping`` / ``synthesis`` /
 ``__call__`` API.
@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from .networks import Generator, assert_shape
+from .networks import Generator
+from .ops import assert_shape
 
 
 @dataclass
@@ -39,7 +40,7 @@ class InferenceOptions:
     compile: bool = False              # torch.compile the synthesis network
     compile_mode: str | None = None    # torch.compile mode ('max-autotune-no-cudagraphs', ...)
     cuda_graph: bool = False           # replay batch-1 synthesis from a CUDA graph (CUDA only)
-    fused_modconv: bool | None = None  # None = per block, networks.auto_fused_modconv
+    fused_modconv: bool | None = None  # None = per block, ops.auto_fused_modconv
     fast_ops: bool = True              # False = the step-by-step reference ops (slower, same function)
 
 
@@ -111,7 +112,7 @@ class FastGenerator:
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
         assert_shape(ws, [None, self.G.num_ws, self.G.w_dim], "ws")
-        fused = self.options.fused_modconv  # None: per block, networks.auto_fused_modconv
+        fused = self.options.fused_modconv  # None: per block, ops.auto_fused_modconv
         use_graph = (self.options.cuda_graph and ws.is_cuda and ws.shape[0] == 1
                      and not (torch.is_grad_enabled() and ws.requires_grad))
         with tf32_mode(self.options.tf32):

@@ -428,6 +428,7 @@ def generator_config(G: PersistentObject) -> dict[str, Any]:
 
 def generator_from_pickle_data(data: Any, key: str = "G_ema") -> Generator:
     """Build our Generator from the (restricted-)unpickled content of an NVIDIA network pickle."""
+    net: Any
     if isinstance(data, PersistentObject):
         net = data
     elif isinstance(data, dict):

@@ -48,7 +48,8 @@ from typing import Any
 
 import torch
 
-from .networks import Generator, setup_filter
+from .networks import Generator
+from .ops import setup_filter
 
 
 class RosinalityFormatError(ValueError):

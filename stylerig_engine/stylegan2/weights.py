@@ -317,6 +317,8 @@ def load_generator(spec: str | os.PathLike, device: str | torch.device = "cpu") 
         res = numbers[0]
         if res < 4 or res & (res - 1):
             raise WeightsError(f"bad spec {text!r}: the resolution must be a power of two >= 4")
+        if len(numbers) > 1 and numbers[1] < res:  # channels per block are channel_base // block resolution
+            raise WeightsError(f"bad spec {text!r}: CHANNEL_BASE must be at least the resolution ({res})")
         G = random_generator(res, numbers[1] if len(numbers) > 1 else None, numbers[2] if len(numbers) > 2 else 0)
     elif text.split(":")[0] in GENERATOR_FACTORIES:
         G = GENERATOR_FACTORIES[text.split(":")[0]](text)
