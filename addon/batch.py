@@ -199,7 +199,8 @@ def encode_mp4(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, 
     scene = bpy.data.scenes.new("stylerig-encode")
     try:
         editor = scene.sequence_editor_create()
-        strip = compat.sequencer_strips(editor).new_image(name="frames", filepath=str(files[0]), channel=1, frame_start=1)
+        strips = compat.sequencer_strips(editor)
+        strip = strips.new_image(name="frames", filepath=str(files[0]), channel=1, frame_start=1)
         for p in files[1:]:
             strip.elements.append(p.name)  # type: ignore[attr-defined]
         strip.directory = str(files[0].parent) + os.sep  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ place. Every other module calls these instead of testing versions or attributes 
 |------------------------------------|----------------------|----------------------|-------------------------------|
 | a sequence editor's strips         | `.sequences`         | `.strips`            | `.strips`                     |
 | movie output of a render           | `file_format`        | `file_format`        | `media_type`, then the format |
-| an action's F-curves               | `action.fcurves`     | layered: slots, channelbags (legacy `fcurves` kept) | layered only |
+| an action's F-curves               | `action.fcurves`     | layered (+ legacy)   | layered only                  |
 | `bpy.data.materials.new()`         | no node tree         | no node tree         | a node tree (Principled BSDF) |
 
 Checks are by attribute, not by version number, so a point release that back-ports an API keeps working.

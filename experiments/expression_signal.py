@@ -45,7 +45,8 @@ def signal(world, renderer, count: int) -> None:
         lm = renderer.landmarks(q)
         shift = (lm - base_lm).norm(dim=-1).max(1).values
         changed = ((renderer(q).image - base.image).abs().sum(1) > 0.02).float().sum((1, 2))
-        gained = weights.landmark * (((lm - base_lm) / renderer.image_size).square().sum(-1) * landmark_weights()).mean(-1)
+        shift_sq = ((lm - base_lm) / renderer.image_size).square().sum(-1)
+        gained = weights.landmark * (shift_sq * landmark_weights()).mean(-1)
         charge = reg * (((q[:, index[name]] - mean) / std) ** 2 - ((p[:, index[name]] - mean) / std) ** 2)
         print(f"{name:<18}{shift.median():>17.2f} px{changed.median():>16.0f}{gained.median():>22.1e}"
               f"{charge.median():>14.1e}")

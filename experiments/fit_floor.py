@@ -57,7 +57,8 @@ def main() -> None:
             obs = observable(p, truth)
         blocks = ", ".join(f"{b} {e.median():.2f}{'°' if b == 'rotation' else ''}" for b, e in errors.items())
         print(f"step {step:4d}: photometric {terms['photometric'].mean():.4f}, landmark "
-              f"{terms['landmark'].mean():.1e} | median error: {blocks} | expression {obs['expression_mm'].median():.2f}"
+              f"{terms['landmark'].mean():.1e} | median error: {blocks} | "
+              f"expression {obs['expression_mm'].median():.2f}"
               f" mm, shading {100 * obs['shading'].median():.1f} %", flush=True)
 
     t0 = time.perf_counter()

@@ -505,9 +505,9 @@ def test_reader_report_correlates_each_blendshape_with_the_truth():
 
 
 def test_landmark_fit_reads_pose_and_expression_without_rendering(layout):
-    """From DFR's reading with a neutral expression, a landmark fit moves only the geometry blocks and brings rotation
-    and the blendshapes an animator keys most (smile, blink, jaw) much closer to the truth. (The RMSE over all 53 blendshapes need not
-    shrink: those the landmarks do not see wander under the weak prior.)"""
+    """From DFR's reading with a neutral expression, a landmark fit moves only the geometry blocks and brings
+    rotation and the blendshapes an animator keys most (smile, blink, jaw) much closer to the truth. (The RMSE
+    over all 53 blendshapes need not shrink: those the landmarks do not see wander under the weak prior.)"""
     from stylerig_engine.render.face import FaceRenderer
     from stylerig_engine.rig import load_rig
     from stylerig_engine.rig.evaluate import block_errors, blendshape_index, sample_latents

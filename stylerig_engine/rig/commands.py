@@ -163,7 +163,7 @@ def _config(args, net: str, **overrides):
     kw["loss"] = asdict(weights)
     if getattr(args, "init", None):
         kw["init"] = args.init
-    if net == "dfr" and getattr(args, "distill", 0):
+    if net == "dfr" and getattr(args, "distill", None):
         kw["distill"] = args.distill
     if net == "rignet":
         from .losses import RigNetLossWeights

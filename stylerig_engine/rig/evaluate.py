@@ -77,7 +77,8 @@ class ObservableErrors:
     def shading(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         from ..render.shading import sh_coefficients, sh_shade
 
-        a, b = (sh_shade(self.normals[None], sh_coefficients(self.layout.split(x)["illumination"].double().cpu())[:, None])
+        a, b = (sh_shade(self.normals[None],
+                         sh_coefficients(self.layout.split(x)["illumination"].double().cpu())[:, None])
                 for x in (p, q))
         return ((a - b).square().mean((1, 2)).sqrt() / b.mean((1, 2)).abs().clamp_min(1e-6)).float()
 
@@ -230,7 +231,8 @@ def reader_report(read, generator, *, count: int = 1024, psi: float = 0.7, seed:
               "min_correlation": min(correlation.values()),
               "blocks": {b: _summary(e) for b, e in errors.items()}}
     if hasattr(generator, "model"):
-        report["observable"] = {k: _summary(e) for k, e in ObservableErrors(generator.model, layout)(est, truth).items()}
+        observable = ObservableErrors(generator.model, layout)(est, truth)
+        report["observable"] = {k: _summary(e) for k, e in observable.items()}
     return report
 
 
@@ -280,7 +282,7 @@ def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, s
             valid = keyed.abs() > 0.1
             shown = (after - before)[valid] / keyed[valid]
             keys[key] = {"value": value, "faces": int(valid.sum()),
-                         **(_summary(shown) if valid.any() else {"median": math.nan, "mean": math.nan, "p90": math.nan})}
+                         **(_summary(shown) if valid.any() else dict.fromkeys(("median", "mean", "p90"), math.nan))}
         report["keys"] = keys
     if "pose" in rig.rignets:
         rot = layout.slice("rotation")
@@ -344,12 +346,14 @@ def format_table(report: dict) -> str:
             lines.append(line)
     animator = report.get("animator")
     if animator:
-        lines += ["", f"animator keys ({animator['count']} faces, {animator['estimate']}): share of the keyed change shown"]
+        lines += ["", f"animator keys ({animator['count']} faces, {animator['estimate']}): "
+                      "share of the keyed change shown"]
         for key, row in animator.get("keys", {}).items():
             lines.append(f"  {key:<13} to {row['value']:.2f}: median {100 * row['median']:6.1f} %  "
                          f"(mean {100 * row['mean']:6.1f} %, {row['faces']} faces)")
         if "yaw_sweep" in animator:
             sweep = animator["yaw_sweep"]
-            lines.append(f"  yaw sweep {YAW_SWEEP_DEG[0]:+.0f}..{YAW_SWEEP_DEG[-1]:+.0f}°: median {sweep['median']:.2f}°, "
+            lines.append(f"  yaw sweep {YAW_SWEEP_DEG[0]:+.0f}..{YAW_SWEEP_DEG[-1]:+.0f}°: "
+                         f"median {sweep['median']:.2f}°, "
                          f"p90 {sweep['p90']:.2f}°")
     return "\n".join(lines)

@@ -98,13 +98,13 @@ class FaceLoss(torch.nn.Module):
         """Photometric and landmark terms of params (B, D) against images (B, 3, H, W) and landmarks (B, 68, 2)
         (images may be None with photometric=False: the landmark term alone needs no render)."""
         size = self.renderer.image_size
-        if photometric and (images is None or images.shape[1:] != (3, size, size)):
-            raise ValueError(f"images must be (B, 3, {size}, {size}), got "
-                             f"{None if images is None else tuple(images.shape)}")
         if landmarks.shape[1:] != (68, 2):
             raise ValueError(f"landmarks must be (B, 68, 2), got {tuple(landmarks.shape)}")
         terms = {}
         if photometric:
+            if images is None or images.shape[1:] != (3, size, size):
+                raise ValueError(f"images must be (B, 3, {size}, {size}), got "
+                                 f"{None if images is None else tuple(images.shape)}")
             out = self.renderer(params)
             mask = out.regions.get(self.region, out.mask)
             diff = (to_generator_space(out.image) - images) * mask

@@ -61,6 +61,8 @@ class TrainConfig:
         and DFR's DISTILL_BLOCKS are pulled towards that fit, in prior standard deviations: a per-image,
         well-conditioned reading of pose and expression that the self-supervised loss alone does not teach an
         amortised network (docs/rig.md). 0 turns it off. Best from a trained DFR (init).
+      generator: the identity of the generator the corpus came from (name, resolution, W+ shape, weights hash);
+        written into finished configs by `stylerig rig stamp` and `train all`, not used by training itself.
       loss: LossWeights fields.
       rignet_loss: RigNetLossWeights fields.
       checkpoint_every: steps between checkpoints.
@@ -86,6 +88,7 @@ class TrainConfig:
     model: str | None = None
     init: str | None = None
     distill: float = 0.0
+    generator: dict | None = None  # the generator's identity, stamped by checkpoints.stamp_generator
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
     rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
     checkpoint_every: int = 200
@@ -290,9 +293,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         out / f"{cfg.name}.config.json"
     if resume and config_path.exists():
         old = TrainConfig.load(config_path)
-        bookkeeping = dict(steps=0, checkpoint_every=0, log_every=0, tensorboard=False)  # may change on resume
+        bookkeeping = dict(steps=0, checkpoint_every=0, log_every=0, tensorboard=False,  # may change on resume
+                           generator=None)
         if {**asdict(old), **bookkeeping} != {**asdict(cfg), **bookkeeping}:
             raise ValueError(f"{config_path}: --resume with a different configuration; use a new --out")
+        cfg.generator = cfg.generator or old.generator  # keep a stamp
     elif not resume and ckpt.exists():
         raise FileExistsError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
     torch.manual_seed(cfg.seed)
