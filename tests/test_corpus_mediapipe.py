@@ -124,3 +124,19 @@ def test_preflight_detector_stands_in_the_template_only_where_no_face_is_found(a
     np.testing.assert_allclose(lm[1], det.template(512).numpy(), atol=1e-5)  # the stand-in
     assert lm[1, 36, 0] < lm[1, 45, 0] and lm[1, 27, 1] < lm[1, 8, 1]  # a face's layout, in the image
     assert det.summary().startswith("preflight landmarks: MediaPipe found no face in 1 of 2 images")
+
+
+def test_cli_auto_uses_mediapipe_and_reports_faceless_samples(tmp_path, monkeypatch, capsys):
+    import json
+    from pathlib import Path
+
+    from stylerig_engine import cli
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "c"
+    assert cli.main(["corpus", "--generator", "py:test_corpus_standin:tiny_no_landmarks", "--count", "3", "--size",
+                     "16", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads((out / "manifest.json").read_text())["config"]["landmarks"] == "mediapipe"
+    assert "landmarks mediapipe, no face in 3" in captured.out
+    assert "mediapipe landmarks: no face in 3 of 3 images" in captured.err

@@ -37,3 +37,14 @@ def test_preflight_small_stylegan2(tmp_path):
 def test_preflight_random_256(tmp_path):
     report = run_preflight("random:256", tmp_path, count=8, batch=4, steps=2, eval_count=4, threads=1)
     check(report, tmp_path, 8, num_ws=14, res=256)
+
+
+def test_train_all_without_an_offline_detector_stops_before_training(tmp_path, monkeypatch, capsys):
+    from stylerig_engine import cli
+
+    monkeypatch.setitem(__import__("sys").modules, "mediapipe", None)  # as if the extra were not installed
+    rc = cli.main(["train", "all", "--generator", "random:64:512", "--count", "4", "--batch", "2", "--out",
+                   str(tmp_path), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stylerig train all: error: --landmarks auto" in err and "stylerig[landmarks]" in err
+    assert not (tmp_path / "dfr.safetensors").exists() and not (tmp_path / "corpus" / "manifest.json").exists()
