@@ -14,7 +14,7 @@ import torch
 from test_corpus import all_arrays, build
 from test_corpus_standin import TinyGenerator
 
-from stylerig_engine.corpus import make_detector, resolve_landmarks
+from stylerig_engine.corpus import make_detector, resolve_generator, resolve_landmarks
 from stylerig_engine.corpus.mediapipe68 import MIRROR_PAIRS, TABLE, correspondence_matrix, mesh_to_ibug68
 
 pytest.importorskip("mediapipe")
@@ -88,7 +88,7 @@ def test_large_images_are_reduced_and_the_points_scaled_back(detector, astronaut
 
 def test_synthetic_faces_against_exact_landmarks(detector):
     """Renders of the default face (synthetic world, 256²) with their exact landmarks."""
-    gen = pytest.importorskip("stylerig_engine.corpus").resolve_generator("synthetic:256")
+    gen = resolve_generator("synthetic:256")
     z = torch.from_numpy(np.random.RandomState(3).randn(4, gen.z_dim)).float()
     ws = gen.mapping(z, psi=0.6)
     with torch.no_grad():
