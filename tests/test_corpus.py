@@ -220,7 +220,7 @@ def test_changed_generator_weights_are_refused(tmp_path):
 def test_exact_landmarks_need_a_generator_that_has_them(tmp_path):
     from test_corpus_standin import TinyNoLandmarks
 
-    with pytest.raises(CorpusConfigError, match="--landmarks fan or --landmarks none"):
+    with pytest.raises(CorpusConfigError, match="--landmarks auto or mediapipe"):
         build(tmp_path, gen=TinyNoLandmarks())
     report = build(tmp_path, gen=TinyNoLandmarks(), landmarks="none")
     assert report.samples_written == 10
@@ -234,13 +234,13 @@ def test_cli_writes_and_refuses(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     out = tmp_path / "c"
     argv = ["corpus", "--generator", "py:test_corpus_standin:tiny_no_landmarks", "--count", "6", "--size", "16",
-            "--shard-size", "4", "--batch", "4", "--out", str(out), "--device", "cpu"]
+            "--shard-size", "4", "--batch", "4", "--out", str(out), "--device", "cpu", "--landmarks", "none"]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "samples/s" in captured.err  # tqdm's rate
     assert "6 samples in 2 shards" in captured.out
     doc = json.loads((out / "manifest.json").read_text())
-    assert doc["config"]["landmarks"] == "none"  # auto: this generator has no exact landmarks
+    assert doc["config"]["landmarks"] == "none"
     assert cli.main([*argv, "--psi", "0.9"]) == 2
     assert "another configuration (psi: 0.7 there, 0.9 asked)" in capsys.readouterr().err
     assert cli.main(["corpus-check", str(out)]) == 0

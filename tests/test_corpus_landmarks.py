@@ -1,9 +1,11 @@
-"""Landmark detectors of the corpus writer: exact, fan (optional package), none, registered ones."""
+"""Landmark detectors of the corpus writer: exact, fan and dlib (optional packages, faked here), none, registered
+ones, and what `--landmarks auto` resolves to. The real MediaPipe detector: tests/test_corpus_mediapipe.py."""
 
 from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from stylerig_engine.corpus.landmarks import FanLandmarks
 
 def test_fan_without_the_package_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "face_alignment", None)  # import fails as if not installed
-    with pytest.raises(CorpusConfigError, match=r"pip install 'stylerig\[landmarks\]'"):
+    with pytest.raises(CorpusConfigError, match=r"pip install 'stylerig\[landmarks-fan\]'"):
         make_detector("fan", TinyGenerator(), "cpu")
     with pytest.raises(CorpusConfigError, match="face-alignment"):
         build(tmp_path, landmarks="fan")
@@ -82,3 +84,117 @@ def test_registered_detector(tmp_path, monkeypatch):
     np.testing.assert_allclose(all_arrays(tmp_path)["landmarks"], -0.25)  # pixel (0, 0) centre at 16 px
     with pytest.raises(CorpusConfigError, match="unknown landmark detector"):
         make_detector("nope", TinyGenerator(), "cpu")
+
+
+# ------------------------------------------------------------------------------------------------ dlib (opt-in)
+
+
+def fake_dlib(calls: list) -> types.ModuleType:
+    """A stand-in for dlib: one face (two candidate boxes) in image 0, none in image 1."""
+    mod = types.ModuleType("dlib")
+
+    class Rect:
+        def __init__(self, w):
+            self.w = w
+
+        def width(self):
+            return self.w
+
+        def height(self):
+            return self.w
+
+    def get_frontal_face_detector():
+        def detect(image, upsample):
+            calls.append(("detect", image.shape, image.dtype.name, upsample))
+            return [Rect(3), Rect(9)] if image[0, 0, 0] > 100 else []
+        return detect
+
+    class Shape:
+        def __init__(self, rect):
+            self.rect = rect
+
+        def part(self, k):
+            return types.SimpleNamespace(x=k % 30, y=self.rect.w)
+
+    def shape_predictor(path):
+        calls.append(("predictor", path))
+        return lambda image, rect: Shape(rect)
+
+    mod.get_frontal_face_detector, mod.shape_predictor = get_frontal_face_detector, shape_predictor
+    return mod
+
+
+def test_dlib_is_opt_in_with_its_caveat(tmp_path, monkeypatch):
+    from stylerig_engine.corpus.landmarks import DLIB_PREDICTOR_ENV
+
+    monkeypatch.delenv(DLIB_PREDICTOR_ENV, raising=False)
+    with pytest.raises(CorpusConfigError, match=f"non-commercial.*{DLIB_PREDICTOR_ENV}=PATH"):
+        make_detector("dlib", TinyGenerator(), "cpu")
+    monkeypatch.setenv(DLIB_PREDICTOR_ENV, str(tmp_path / "nope.dat"))
+    with pytest.raises(CorpusConfigError, match="no such file"):
+        make_detector("dlib", TinyGenerator(), "cpu")
+    (tmp_path / "p.dat").write_bytes(b"x")
+    monkeypatch.setenv(DLIB_PREDICTOR_ENV, str(tmp_path / "p.dat"))
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    with pytest.raises(CorpusConfigError, match="pip install dlib"):
+        make_detector("dlib", TinyGenerator(), "cpu")
+
+
+def test_dlib_adapter_takes_the_largest_face_and_counts_misses(tmp_path, monkeypatch):
+    from stylerig_engine.corpus.landmarks import DLIB_PREDICTOR_ENV
+
+    calls = []
+    (tmp_path / "p.dat").write_bytes(b"x")
+    monkeypatch.setenv(DLIB_PREDICTOR_ENV, str(tmp_path / "p.dat"))
+    monkeypatch.setitem(sys.modules, "dlib", fake_dlib(calls))
+    det = make_detector("dlib", TinyGenerator(), "cpu")
+    images = torch.stack([torch.ones(3, 8, 8), -torch.ones(3, 8, 8)])  # white: a face; black: none
+    lm = det(torch.zeros(2, 6, 8), images).numpy()
+    assert calls[0] == ("predictor", str(tmp_path / "p.dat"))
+    assert calls[1] == ("detect", (8, 8, 3), "uint8", 1)
+    np.testing.assert_array_equal(lm[0, :, 0], np.arange(68) % 30)
+    np.testing.assert_array_equal(lm[0, :, 1], 9)  # the larger box
+    assert np.isnan(lm[1]).all()
+    assert det.summary() == "dlib landmarks: no face in 1 of 2 images"
+
+
+# ------------------------------------------------------------------------------------------------ --landmarks auto
+
+
+def hide_mediapipe(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import fails as if not installed
+
+
+def test_auto_is_exact_for_a_generator_with_landmarks():
+    from stylerig_engine.corpus import resolve_landmarks
+
+    assert resolve_landmarks("auto", TinyGenerator()) == "exact"
+    assert resolve_landmarks("fan", TinyGenerator()) == "fan"  # named detectors pass through
+
+
+def test_auto_without_an_offline_detector_stops_and_names_the_extra(tmp_path, monkeypatch, capsys):
+    from test_corpus_standin import TinyNoLandmarks
+
+    from stylerig_engine import cli
+    from stylerig_engine.corpus import resolve_landmarks
+
+    hide_mediapipe(monkeypatch)
+    with pytest.raises(CorpusConfigError, match=r"no offline landmark detector is installed.*stylerig\[landmarks\]"):
+        resolve_landmarks("auto", TinyNoLandmarks())
+    with pytest.raises(CorpusConfigError, match=r"--landmarks mediapipe needs MediaPipe.*stylerig\[landmarks\]"):
+        make_detector("mediapipe", TinyNoLandmarks(), "cpu")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "c"
+    rc = cli.main(["corpus", "--generator", "py:test_corpus_standin:tiny_no_landmarks", "--count", "2", "--size", "16",
+                   "--out", str(out), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stylerig corpus: error: --landmarks auto" in err and "stylerig[landmarks]" in err
+    assert not (out / "manifest.json").exists()  # refused before writing anything
+
+
+def test_mediapipe_without_the_face_mesh_solution_names_the_pinned_range(monkeypatch):
+    pytest.importorskip("mediapipe")
+    monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)  # as in MediaPipe 0.10.30+
+    monkeypatch.delitem(sys.modules, "mediapipe.python.solutions.face_mesh", raising=False)
+    with pytest.raises(CorpusConfigError, match="0.10.30 and later dropped it.*0.10.14-0.10.21"):
+        make_detector("mediapipe", TinyGenerator(), "cpu")

@@ -11,7 +11,8 @@ from ..lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "config": ("CorpusConfig", "CorpusConfigError", "CorpusError", "CorpusIntegrityError", "sample_latents",
                "sample_seeds"),
-    "dataset": ("Corpus", "CorpusDataset", "CorpusSample", "CorpusStream", "epoch_order"),
-    "landmarks": ("ExactLandmarks", "FanLandmarks", "LandmarkDetector", "make_detector", "register_detector"),
+    "dataset": ("Corpus", "CorpusDataset", "CorpusSample", "CorpusStream", "batch_indices", "epoch_order"),
+    "landmarks": ("DlibLandmarks", "ExactLandmarks", "FanLandmarks", "LandmarkDetector", "MediaPipeLandmarks",
+                  "PreflightLandmarks", "detector_names", "make_detector", "register_detector", "resolve_landmarks"),
     "writer": ("BuildReport", "build_corpus", "describe_generator", "resolve_generator", "synthesize_samples"),
 })

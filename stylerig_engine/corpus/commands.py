@@ -27,8 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="corpus directory")
     # Not argparse choices: detectors may be registered at run time, and listing them would import torch here.
     p.add_argument("--landmarks", default="auto",
-                   help="68-point landmarks: exact (the generator's own), fan (face-alignment), none, or a registered "
-                        "detector; auto = exact when the generator has them, else none")
+                   help="68-point landmarks: exact (the generator's own), mediapipe (offline; the landmarks extra), "
+                        "fan (face-alignment), dlib (opt-in), none, or a registered detector; auto = exact when the "
+                        "generator has them, else mediapipe, else an error naming the extra to install")
     p.add_argument("--batch", type=int, default=16, help="samples per generator call (default 16)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--no-verify", action="store_true", help="on resume, trust finished shards of the right size "
@@ -47,14 +48,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .config import CorpusConfig, CorpusError
+    from .landmarks import resolve_landmarks
     from .writer import build_corpus, default_device, resolve_generator
 
     try:
         device = torch.device(args.device) if args.device else default_device(int(os.environ.get("LOCAL_RANK", "0")))
         generator = resolve_generator(args.generator, device)
-        landmarks = args.landmarks
-        if landmarks == "auto":
-            landmarks = "exact" if callable(getattr(generator, "landmarks", None)) else "none"
+        landmarks = resolve_landmarks(args.landmarks, generator)
         config = CorpusConfig(generator=args.generator, count=args.count, size=args.size, psi=args.psi,
                               mixing=args.mixing, shard_size=args.shard_size, seed=args.seed, landmarks=landmarks)
         report = build_corpus(config, args.out, generator=generator, device=device, batch=args.batch,
@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if report.rank == 0:
         rate = f", {report.samples_per_s:.1f} samples/s" if report.samples_written else ""
         who = "" if report.world_size == 1 else f" (rank 0 of {report.world_size}: figures are this rank's)"
+        faces = f"; landmarks {landmarks}, no face in {report.no_face}" if landmarks not in ("none", "exact") else ""
         print(f"{report.root}: {report.count} samples in {report.num_shards} shards; wrote {report.shards_written} "
               f"shards ({report.samples_written} samples in {report.seconds:.1f} s{rate}), reused "
-              f"{report.shards_reused}, repaired {report.shards_repaired}{who}")
+              f"{report.shards_reused}, repaired {report.shards_repaired}{faces}{who}")
     return 0
 
 

@@ -272,6 +272,7 @@ class BuildReport:
     shards_written: int  # by this rank, repaired ones included
     samples_written: int  # by this rank
     seconds: float  # this rank's rendering time
+    no_face: int = 0  # samples written by this rank whose detector found no face (landmarks NaN)
 
     @property
     def samples_per_s(self) -> float:
@@ -341,7 +342,7 @@ def _build(config, root, ctx, generator, device, batch, verify, progress, log, a
     save_progress()
     total = sum(config.shard_range(k)[1] - config.shard_range(k)[0] for k in pending)
     desc = "corpus" if ctx.world_size == 1 else f"corpus (rank 0 of {ctx.world_size})"
-    written = 0
+    written = no_face = 0
     t0 = time.perf_counter()
     with tqdm(total=total, desc=desc, unit=" samples", disable=not progress or ctx.rank != 0 or total == 0,
               dynamic_ncols=True, smoothing=0.1) as bar:
@@ -357,6 +358,8 @@ def _build(config, root, ctx, generator, device, batch, verify, progress, log, a
                         arrays[name] = np.empty((stop - start, *a.shape[1:]), a.dtype)
                     arrays[name][b0:b0 + len(a)] = a
                 bar.update(len(part["seeds"]))
+            if "landmarks" in arrays:
+                no_face += int(np.isnan(arrays["landmarks"]).reshape(stop - start, -1).any(1).sum())
             meta = {"format": FORMAT, "version": VERSION, "shard": k, "start": start, "stop": stop,
                     "config": config.identity()}
             data = mf.encode_shard(arrays, meta)
@@ -367,13 +370,18 @@ def _build(config, root, ctx, generator, device, batch, verify, progress, log, a
             if after_shard is not None:
                 after_shard(k)
     seconds = time.perf_counter() - t0
+    if written and (summary := getattr(detector, "summary", None)):
+        log(f"{prefix}{summary()}")
+    if no_face:
+        log(f"{prefix}{no_face} of {written} samples: no face found; their landmarks are NaN and training "
+            "leaves them out")
 
     ctx.barrier()
     if ctx.rank == 0:
         _finalize(root, config, gen_info, ctx.world_size, records)
     ctx.barrier()
     return BuildReport(root, config.count, config.num_shards, ctx.rank, ctx.world_size, reused, repaired,
-                       len(pending), written, seconds)
+                       len(pending), written, seconds, no_face)
 
 
 def _finalize(root: Path, config: CorpusConfig, gen_info: dict, world_size: int, records: dict[int, dict]) -> None:

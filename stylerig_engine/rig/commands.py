@@ -59,6 +59,9 @@ def register(subparsers) -> None:
     common(everything, corpus=False)
     everything.add_argument("--generator", default="synthetic:64", help="generator spec (default synthetic:64)")
     everything.add_argument("--count", type=int, default=4000, help="corpus samples")
+    everything.add_argument("--landmarks", default="auto",
+                            help="corpus landmarks (stylerig corpus --landmarks): auto = the generator's own, else the "
+                                 "offline detector (pip install 'stylerig[landmarks]'), else an error")
     everything.add_argument("--psi", type=float, default=0.8)
     everything.add_argument("--mixing", type=int, default=5,
                             help="style mixing: up to this many latents per corpus sample (1 = none). DFR must see "
@@ -187,7 +190,7 @@ def _train_one(args) -> int:
 
 
 def _train_all(args) -> int:
-    from ..corpus import CorpusConfig, build_corpus, resolve_generator
+    from ..corpus import CorpusConfig, CorpusError, build_corpus, resolve_generator, resolve_landmarks
     from .checkpoints import stamp_generator
     from .editing import load_rig
     from .evaluate import evaluate, format_table
@@ -199,8 +202,14 @@ def _train_all(args) -> int:
     generator = resolve_generator(args.generator)
     size = generator.img_resolution
     corpus_dir = out / "corpus"
-    build_corpus(CorpusConfig(generator=args.generator, count=args.count, size=size, psi=args.psi,
-                              mixing=args.mixing, seed=args.seed), corpus_dir, generator=generator)
+    try:
+        landmarks = resolve_landmarks(args.landmarks, generator)
+        build_corpus(CorpusConfig(generator=args.generator, count=args.count, size=size, psi=args.psi,
+                                  mixing=args.mixing, seed=args.seed, landmarks=landmarks), corpus_dir,
+                     generator=generator)
+    except CorpusError as e:
+        print(f"stylerig train all: error: {e}", file=sys.stderr)
+        return 2
     # DFR: self-supervised, then (--distill-steps) distilled from landmark fits started from that first DFR
     stage1 = out / "dfr-self-supervised" if args.distill_steps else out
     dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.dfr_steps, out=str(stage1), distill=0.0)
@@ -222,6 +231,7 @@ def _train_all(args) -> int:
                           "rignet_steps": args.rignet_steps, "batch": args.batch,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,
+                          "landmarks": landmarks,
                           "lr_schedule": args.lr_schedule}
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(report, f, indent=1)

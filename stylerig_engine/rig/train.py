@@ -25,7 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from ..corpus import Corpus, epoch_order
+from ..corpus import Corpus
+from ..corpus import batch_indices as corpus_batch_indices
 from ..facemodel import DEFAULT_MODEL_NAME, load_model
 from ..fileio import atomic_write
 from ..params import PAPER_MODES, layout_for_model
@@ -162,27 +163,19 @@ def _average_gradients(params) -> None:
 
 # ---- data -------------------------------------------------------------------------------------------------
 def batch_indices(corpus: Corpus, seed: int, step: int, batch: int) -> np.ndarray:
-    """The global batch of `step`: consecutive slices of the seeded per-epoch order (last partial batch dropped)."""
-    per_epoch = len(corpus) // batch
-    if per_epoch == 0:
-        raise ValueError(f"the corpus has {len(corpus)} samples, fewer than one batch of {batch}")
-    epoch, k = divmod(step, per_epoch)
-    return epoch_order(corpus, seed, epoch)[k * batch:(k + 1) * batch]
+    """The global batch of `step`: consecutive slices of the seeded per-epoch order (last partial batch dropped),
+    without the samples whose detector found no face (the same order as before when every face was found)."""
+    return corpus_batch_indices(corpus, seed, step, batch)
 
 
 def load_batch(corpus: Corpus, indices: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    samples = [corpus.sample(int(i)) for i in indices]
-    ws = torch.stack([s.ws for s in samples]).to(device)
-    images = torch.stack([s.image for s in samples]).to(device)
-    landmarks = torch.stack([s.landmarks for s in samples]).to(device)
-    if torch.isnan(landmarks).any():
-        raise ValueError("the corpus has no landmarks; build it with --landmarks exact or fan")
+    ws, images, landmarks, _ = corpus.batch(indices, device)
     return ws, images, landmarks
 
 
 def latent_statistics(corpus: Corpus, count: int = 1000) -> torch.Tensor:
     """W+ of the corpus's first `count` samples, for the networks' input normalisation."""
-    return torch.stack([corpus.sample(i).ws for i in range(min(count, len(corpus)))])
+    return torch.from_numpy(corpus.read_rows(np.arange(min(count, len(corpus))), names=("ws",))["ws"]).float()
 
 
 def _initialise_from(net: DFR | RigNet, path: str) -> None:
