@@ -97,7 +97,8 @@ def main(argv=None) -> int:
                 cpu.append(time.process_time() - c0)
                 del out
             ms, cpu_ms = 1000 * float(np.median(times)), 1000 * float(np.median(cpu))
-            print(f"{args.size}² batch {batch:4d} {name:<13} {ms:8.2f} ms/batch wall ({batch / ms * 1000:7.0f} samples/s), "
+            print(f"{args.size}² batch {batch:4d} {name:<13} {ms:8.2f} ms/batch wall "
+                  f"({batch / ms * 1000:7.0f} samples/s), "
                   f"{cpu_ms:8.2f} ms CPU ({batch / cpu_ms * 1000:7.0f} samples/s)")
     if tmp is not None:
         tmp.cleanup()

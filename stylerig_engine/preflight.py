@@ -100,13 +100,15 @@ def serve_check(generator: str, rig: Path, device: str, corpus_generator: dict, 
     from .corpus import describe_generator, resolve_generator
 
     served = describe_generator(resolve_generator(generator, device))
-    assert served == corpus_generator, f"the served generator differs from the rig's corpus: {served} vs {corpus_generator}"
+    assert served == corpus_generator, \
+        f"the served generator differs from the rig's corpus: {served} vs {corpus_generator}"
     res = corpus_generator["img_resolution"]
     token = rig / "serve-token"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "stylerig_engine", "serve", "--generator", generator, "--rignet",
                              str(rig), "--device", device, "--no-unix", "--token-file", str(token), "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None  # both are pipes
     try:
         line = proc.stdout.readline()
         assert line, f"serve printed nothing:\n{proc.stderr.read()[-3000:]}"

@@ -59,7 +59,8 @@ def test_faces_only_leaves_out_samples_without_a_face(tmp_path, monkeypatch):
     per_epoch = int(found.sum()) // batch
     seen = np.concatenate([batch_indices(corpus, 5, s, batch) for s in range(per_epoch)])
     assert found[seen].all() and len(set(seen.tolist())) == per_epoch * batch
-    np.testing.assert_array_equal(batch_indices(corpus, 5, per_epoch, batch), epoch_order(corpus, 5, 1, faces_only=True)[:batch])
+    np.testing.assert_array_equal(batch_indices(corpus, 5, per_epoch, batch),
+                                  epoch_order(corpus, 5, 1, faces_only=True)[:batch])
     assert torch.isfinite(corpus.batch(seen).landmarks).all()
 
 

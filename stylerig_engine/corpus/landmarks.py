@@ -34,7 +34,8 @@ import torch
 
 from .config import NUM_LANDMARKS, CorpusConfigError, CorpusError
 
-LANDMARKS_EXTRA_HINT = "pip install 'stylerig[landmarks]' (MediaPipe's face mesh, offline: its model ships in the wheel)"
+LANDMARKS_EXTRA_HINT = ("pip install 'stylerig[landmarks]' "
+                        "(MediaPipe's face mesh, offline: its model ships in the wheel)")
 FAN_EXTRA_HINT = "install the optional extra: pip install 'stylerig[landmarks-fan]' (the face-alignment package)"
 DLIB_PREDICTOR_ENV = "STYLERIG_DLIB_PREDICTOR"
 
