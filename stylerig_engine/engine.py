@@ -76,6 +76,7 @@ def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, C
         return rig.edit_many(ws, targets)
 
     fit.layout = edit.layout = rig.layout  # type: ignore[attr-defined]
+    fit.rig = edit.rig = rig  # type: ignore[attr-defined]  # final quality (rig/final_quality.py) drives it directly
     edit.modes = rig.modes  # type: ignore[attr-defined]
     return fit, edit
 
@@ -131,6 +132,7 @@ class Engine:
         self._lock = threading.Lock()
         self._mapping_takes_psi = takes_keyword(generator.mapping, "psi")
         self._synthesis_takes_noise = takes_keyword(generator.synthesis, "noise_mode")
+        self.final_quality = None  # rig.final_quality.FinalQuality: built on first use, or set by the caller
 
     # ---- description ---------------------------------------------------------------------------------
     @property
