@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from stylerig_addon import protocol as P
-from stylerig_addon.client import EngineError
+from stylerig_addon.client import EngineError as ErrorReply
 from stylerig_server.requests import Spec, validate
 from test_server import expect_error, serve  # noqa: F401 - serve is a fixture
 from test_server_engine import make_engine
 
-from stylerig_engine.engine import Engine, NotAvailable, load_rig
+from stylerig_engine.engine import Engine, EngineError, NotAvailable, load_rig
 from stylerig_engine.rig.evaluate import HELD_OUT_SEED, block_errors, sample_latents
 from stylerig_engine.rig.final_quality import FinalQuality, FinalQualityCancelled, edit_final, fit_final
 from stylerig_engine.rig.fitting import ImageReader, closed_loop_edit, closed_loop_edit_many
@@ -103,6 +103,9 @@ def test_final_edit_stops_between_readings_and_needs_a_rig(rig_engine, world):
     ws, targets, _ = faces_and_targets(world, 1)
     with pytest.raises(FinalQualityCancelled, match="after 0 of 3 readings"):
         edit_final(rig_engine, ws, targets, should_stop=lambda: True)
+    handles = rig_engine.new_faces(range(rig_engine.max_batch + 1))
+    with pytest.raises(EngineError, match=f"at most {rig_engine.max_batch} faces"):
+        fit_final(rig_engine, handles)
     plain = make_engine(rig=True)  # stand-in DFR/RigNets: no Rig behind them
     with pytest.raises(NotAvailable, match="--rignet"):
         fit_final(plain, plain.new_faces([1]))
@@ -146,7 +149,7 @@ def test_final_quality_batch_is_cancelled_between_readings(serve, rig_engine, wo
     n = 6
     tg = {m: np.repeat(np.asarray(t, np.float32), n, 0) for m, t in targets.items()}
     ids, got = [], []
-    with pytest.raises(EngineError) as e:
+    with pytest.raises(ErrorReply) as e:
         for f in c.batch_render(h, tg, size=16, final_quality=True, on_start=ids.append):
             got.append(f.index)
             c.cancel(ids[0])  # the next frame stops at its next reading

@@ -81,13 +81,15 @@ def final_quality(engine: Engine) -> FinalQuality:
 
 
 def fit_final(engine: Engine, handles: Sequence[str]) -> np.ndarray:
-    """(B, D) parameters of the faces: the DFR's reading refined by a per-image fit of each face's image."""
+    """(B, D) parameters of the faces: the DFR's reading refined by a per-image fit of each face's image.
+
+    At most engine.max_batch faces (one fit): a fit holds the engine's only device worker for seconds, and the
+    live previews of every client wait behind it."""
     fq = final_quality(engine)
-    ws = engine.latents(list(handles))
-    out = []
-    for i in range(0, len(ws), engine.max_batch):
-        out.append(_read(fq, ws[i : i + engine.max_batch]).float().cpu().numpy())
-    return np.concatenate(out)
+    if len(handles) > engine.max_batch:
+        raise EngineError(f"a final-quality fit takes at most {engine.max_batch} faces per request (seconds each), "
+                          f"got {len(handles)}")
+    return _read(fq, engine.latents(list(handles))).float().cpu().numpy()
 
 
 @torch.no_grad()
