@@ -135,6 +135,8 @@ def test_final_quality_batch_render_and_fit_over_the_protocol(serve, rig_engine,
     err = {name: block_errors(world.layout, torch.from_numpy(np.asarray(p))[None], truth)["rotation"].item()
            for name, p in (("dfr", dfr), ("exact", exact))}
     assert err["exact"] < err["dfr"], err
+    lo, hi = world.layout.expression_range  # blendshape weights stay where a rig's sliders can show them
+    assert lo <= exact[world.layout.slice("expression")].min() and exact[world.layout.slice("expression")].max() <= hi
     # a bad value gets the protocol's clear error and the connection carries on
     e = expect_error("bad_request", c.request, "batch_render", handle=h, count=1, final_quality="yes")
     assert "'final_quality' must be true or false" in e.message

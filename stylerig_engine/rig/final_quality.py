@@ -81,7 +81,9 @@ def final_quality(engine: Engine) -> FinalQuality:
 
 
 def fit_final(engine: Engine, handles: Sequence[str]) -> np.ndarray:
-    """(B, D) parameters of the faces: the DFR's reading refined by a per-image fit of each face's image.
+    """(B, D) parameters of the faces: the DFR's reading refined by a per-image fit of each face's image, with
+    blendshape weights clamped to the layout's range (the fit is unconstrained and may read a neutral weight as
+    slightly negative, which a rig's 0–1 slider cannot show).
 
     At most engine.max_batch faces (one fit): a fit holds the engine's only device worker for seconds, and the
     live previews of every client wait behind it."""
@@ -89,7 +91,7 @@ def fit_final(engine: Engine, handles: Sequence[str]) -> np.ndarray:
     if len(handles) > engine.max_batch:
         raise EngineError(f"a final-quality fit takes at most {engine.max_batch} faces per request (seconds each), "
                           f"got {len(handles)}")
-    return _read(fq, engine.latents(list(handles))).float().cpu().numpy()
+    return engine.layout.clamp(_read(fq, engine.latents(list(handles)))).float().cpu().numpy()
 
 
 @torch.no_grad()
