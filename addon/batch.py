@@ -62,6 +62,7 @@ class BatchJob:
     size: int | None = None  # None: the generator's resolution
     modes: tuple[str, ...] = DEFAULT_MODES
     prefix: str = "frame_"
+    final_quality: bool = False  # closed-loop editing at the engine: seconds per frame, closer to the rig
     done: int = 0
     skipped: int = 0
     total: int = 0
@@ -95,8 +96,10 @@ class BatchJob:
 
     def digest(self, i: int, engine: str, size: int, modes: Sequence[str]) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps({"face": self.face, "engine": engine, "size": size, "modes": list(modes)},
-                            sort_keys=True).encode())
+        what = {"face": self.face, "engine": engine, "size": size, "modes": list(modes)}
+        if self.final_quality:  # only then, so frames rendered before the option existed stay valid
+            what["final_quality"] = True
+        h.update(json.dumps(what, sort_keys=True).encode())
         h.update(np.ascontiguousarray(self.params[i], "<f4").tobytes())
         return h.hexdigest()
 
@@ -143,7 +146,8 @@ class BatchJob:
                 digests = {self.frames[i]: self.digest(i, engine, size, self.modes_used) for i in todo}
                 frames = client.batch_render(handle, tg, size=size, format="rgba8",
                                              frame_ids=[self.frames[i] for i in todo],
-                                             on_start=lambda rid: setattr(self, "_request", (client, rid)))
+                                             on_start=lambda rid: setattr(self, "_request", (client, rid)),
+                                             final_quality=self.final_quality)
                 for fr in frames:
                     png.write_png(self.frame_path(fr.frame), fr.image, {TEXT_KEY: digests[fr.frame]})
                     self.done += 1

@@ -353,11 +353,12 @@ class Client:
         handles = [handles] if isinstance(handles, str) else list(handles)
         return self.request("release", handles=handles).header["released"]
 
-    def fit(self, handle: str | Sequence[str]) -> np.ndarray:
-        """(D,) parameters of one face, or (B, D) for a list of handles."""
-        if isinstance(handle, str):
-            return np.array(self.request("fit", handle=handle).arrays["p"])
-        return np.array(self.request("fit", handles=list(handle)).arrays["p"])
+    def fit(self, handle: str | Sequence[str], *, final_quality: bool = False,
+            timeout: float | None = None) -> np.ndarray:
+        """(D,) parameters of one face, or (B, D) for a list of handles. final_quality: the DFR's reading refined
+        by a per-image fit (seconds per face; wait up to `timeout` s, default the client's)."""
+        faces = {"handle": handle} if isinstance(handle, str) else {"handles": list(handle)}
+        return np.array(self.request("fit", timeout=timeout, final_quality=final_quality or None, **faces).arrays["p"])
 
     @staticmethod
     def _face_fields(face: Any, arrays: dict) -> dict:
@@ -423,10 +424,12 @@ class Client:
         count: int | None = None,
         timeout: float | None = None,
         on_start: Callable[[int], None] | None = None,
+        final_quality: bool = False,
     ) -> Iterator[Frame]:
         """Render a sequence: face is one handle, a list of N handles or (N, num_ws, w_dim) latents; targets
         {mode: (N, D)}. Yields Frames in order as they arrive. Leaving the loop early cancels the rest.
-        `on_start(request_id)` is called once the request is sent (e.g. to cancel it from another thread)."""
+        `on_start(request_id)` is called once the request is sent (e.g. to cancel it from another thread).
+        final_quality: closed-loop editing, seconds per frame (docs/protocol.md)."""
         arrays = self._target_arrays(targets)
         fields = self._face_fields(face, arrays)
         pending = self.submit(
@@ -440,6 +443,7 @@ class Client:
             timeout=timeout,
             count=count,
             frame_ids=None if frame_ids is None else [int(f) for f in frame_ids],
+            final_quality=final_quality or None,
             **fields,
         )
         if on_start is not None:

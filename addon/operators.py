@@ -152,20 +152,23 @@ class STYLERIG_OT_test_connection(bpy.types.Operator):
 
 
 # ---- the rig ----------------------------------------------------------------------------------------------------
+EXACT_MATCH_WAIT = 300.0  # seconds: a per-image fit is seconds on a GPU, can be a minute on a CPU at 256²
+
+
 def _layout_differences(rig: Rig, info: dict) -> list[str]:
     """The rig's stored parameter layout against the engine's, as warnings ([] when they agree)."""
     diffs = rig.layout.differences(Layout.from_description(info["layout"]))
     return [f"the rig was built for another engine layout ({'; '.join(diffs)}): rebuild it"] if diffs else []
 
 
-def _match(rig: Rig, client: Client) -> list[str]:
+def _match(rig: Rig, client: Client, exact: bool = False) -> list[str]:
     diffs = _layout_differences(rig, client.info())
     if diffs:
         return diffs
     face = face_spec(rig)
     handle = client.new_face(face["seed"], face["psi"])
     try:
-        p = client.fit(handle)
+        p = client.fit(handle, final_quality=exact, timeout=EXACT_MATCH_WAIT if exact else None)
     finally:
         client.release(handle)
     return apply_params(rig, p)
@@ -190,7 +193,7 @@ class STYLERIG_OT_build_rig(bpy.types.Operator):
                 rig = build_rig(meta, arrays, context=context, seed=self.seed, psi=self.psi)
                 warnings = []
                 if self.match and c.capabilities.get("fit"):
-                    warnings = _match(rig, c)
+                    warnings = _match(rig, c, settings(context).exact_match)
         except ENGINE_ERRORS as e:
             self.report({"ERROR"}, f"engine: {e}")
             return {"CANCELLED"}
@@ -247,7 +250,7 @@ class STYLERIG_OT_match_rig(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             with _connect(context) as c:
-                warnings = _match(rig, c)
+                warnings = _match(rig, c, settings(context).exact_match)
         except ENGINE_ERRORS as e:
             self.report({"ERROR"}, f"engine: {e}")
             return {"CANCELLED"}
@@ -468,7 +471,8 @@ class STYLERIG_OT_batch_render(bpy.types.Operator):
         scene = context.scene
         out = Path(bpy.path.abspath(st.output_dir))
         fps = scene.render.fps / scene.render.fps_base
-        job = BatchJob.from_scene(scene, rig, out, size=st.batch_size or None, modes=st.modes())
+        job = BatchJob.from_scene(scene, rig, out, size=st.batch_size or None, modes=st.modes(),
+                                  final_quality=st.final_quality)
         try:
             client = _connect(context)
         except ENGINE_ERRORS as e:

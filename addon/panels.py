@@ -50,6 +50,7 @@ class STYLERIG_PT_rig(_StylerigPanel):
         row = layout.row(align=True)
         row.operator("stylerig.new_face", icon="FILE_REFRESH")
         row.operator("stylerig.match_rig", icon="SNAP_ON")
+        row.prop(settings(context), "exact_match", toggle=True)
         layout.operator("stylerig.reset_rig", icon="LOOP_BACK")
         layout.prop(rig.armature, f'["{AMBIENT_KEY}"]', text="Ambient")
         layout.label(text="head: pose bone 'head' (XYZ = pitch, yaw, roll); lights: the rig's suns")
@@ -87,6 +88,7 @@ class STYLERIG_PT_animation(_StylerigPanel):
         row = col.row(align=True)
         row.prop(st, "batch_size")
         row.prop(st, "write_mp4")
+        col.prop(st, "final_quality")
         if BatchState.thread is not None and BatchState.job is not None:
             job = BatchState.job
             col.progress(factor=job.progress, text=f"{job.done + job.skipped} / {job.total}")  # type: ignore[attr-defined]

@@ -15,6 +15,13 @@ class StylerigSceneSettings(bpy.types.PropertyGroup):
                             description="side of the rendered frames in pixels (0: the generator's resolution)")
     write_mp4: BoolProperty(name="MP4", default=True,  # type: ignore[valid-type]
                             description="also encode the frames as an H.264 MP4 (Blender's FFmpeg)")
+    final_quality: BoolProperty(name="Final quality", default=False,  # type: ignore[valid-type]
+                                description="closed-loop editing: the engine checks each frame with a per-image "
+                                "fit and corrects it, so the face follows the rig closer; seconds per frame "
+                                "(needs --rignet)")
+    exact_match: BoolProperty(name="Exact match", default=False,  # type: ignore[valid-type]
+                              description="Match rig to face refines the DFR's reading with a per-image fit: "
+                              "more accurate, a few seconds per face, Blender waits (needs --rignet)")
     drive_pose: BoolProperty(name="Pose", default=True,  # type: ignore[valid-type]
                              description="head rotation and translation drive the image (pose RigNet)")
     drive_expression: BoolProperty(name="Expression", default=True,  # type: ignore[valid-type]

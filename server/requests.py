@@ -344,6 +344,7 @@ def _v_fit(h, a, spec):
         "handles": handles,
         "many": many,
         "named": _bool(h, "named"),
+        "final_quality": _bool(h, "final_quality"),  # refine the DFR by a per-image fit (rig/final_quality.py)
         "timeout": _num(h, "timeout", 0.0, spec.max_timeout, None, open_lo=True),
     }, {}
 
@@ -409,6 +410,7 @@ def _v_batch_render(h, a, spec):
         handles=handles,
         frames=frames,
         frame_ids=frame_ids if frame_ids is not None else list(range(frames)),
+        final_quality=_bool(h, "final_quality"),  # closed-loop editing per frame (rig/final_quality.py)
     )
     arrays = {f"target/{m}": v for m, v in targets.items()}
     if ws is not None:

@@ -421,7 +421,12 @@ class Worker:
                 header.update({"handles": handles} if f["many"] else {"handle": handles[0]})
                 self._finish(job, header)
             elif op == "fit":
-                p = self.engine.fit(f["handles"])
+                if f.get("final_quality"):
+                    from stylerig_engine.rig.final_quality import fit_final  # loaded only when asked for
+
+                    p = fit_final(self.engine, f["handles"])
+                else:
+                    p = self.engine.fit(f["handles"])
                 header = {"id": job.req.id, "ok": True, "final": True, "op": op}
                 if f["named"]:
                     header["params"] = (
@@ -438,11 +443,27 @@ class Worker:
             extra = {"done": job.next_index, "total": job.req.frames} if op == "batch_render" else {}
             self._fail(job, e.code, str(e), **extra)
 
+    def _render_final(self, job: Job, ws: torch.Tensor, targets: dict) -> torch.Tensor | None:
+        """Final-quality frames (closed-loop editing, rig/final_quality.py); None when the job is cancelled, its
+        client gone or the engine stopping between two of the loop's readings (each is seconds on a CPU)."""
+        from stylerig_engine.rig.final_quality import FinalQualityCancelled, render_final  # loaded only when asked for
+
+        try:
+            x = render_final(
+                self.engine, ws, targets, should_stop=lambda: job.cancelled or job.conn.closed or self._stopping
+            )
+        except FinalQualityCancelled:
+            return None
+        with self.cond:
+            self.counters.frames_rendered += len(ws)
+        return x
+
     def _step_batch(self, job: Job) -> None:
         f, a = job.req.fields, job.req.arrays
         total = job.req.frames
         i = job.next_index
-        n = min(self.config.max_batch, total - i)
+        final = bool(f.get("final_quality"))
+        n = min(1 if final else self.config.max_batch, total - i)  # a final frame takes seconds: one per step
         if f.get("handle") is not None:
             ws = self.engine.latent(f["handle"])[None].expand(n, -1, -1)
         elif f.get("handles") is not None:
@@ -451,9 +472,13 @@ class Worker:
             ws = torch.from_numpy(a["ws"][i : i + n]).to(self.engine.device)
         modes = self._modes(job)
         targets = self.engine.check_targets({m: a[f"target/{m}"][i : i + n] for m in modes}, n)
-        x = self._generate(ws, targets)
-        images = self.engine.to_images(
-            x, f["size"], f["format"], origin=f["origin"], colorspace=f["colorspace"]
+        x = self._render_final(job, ws, targets) if final else self._generate(ws, targets)
+        if x is None:  # a final frame stopped between two readings: this step renders nothing
+            n = 0
+        images: Any = (
+            self.engine.to_images(x, f["size"], f["format"], origin=f["origin"], colorspace=f["colorspace"])
+            if n and x is not None
+            else []
         )
         for k, image in enumerate(images):
             header = {

@@ -86,6 +86,7 @@ def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, C
         return rig.edit_many(ws, targets)
 
     fit.layout = edit.layout = rig.layout  # type: ignore[attr-defined]
+    fit.rig = edit.rig = rig  # type: ignore[attr-defined]  # final quality (rig/final_quality.py) drives it directly
     edit.modes = rig.modes  # type: ignore[attr-defined]
     edit.generator = rig.generator  # type: ignore[attr-defined]
     edit.shape = (rig.dfr.num_ws, rig.dfr.w_dim)  # type: ignore[attr-defined]
@@ -148,6 +149,7 @@ class Engine:
         self._lock = threading.Lock()
         self._mapping_takes_psi = takes_keyword(generator.mapping, "psi")
         self._synthesis_takes_noise = takes_keyword(generator.synthesis, "noise_mode")
+        self.final_quality: Any = None  # rig.final_quality.FinalQuality: built on first use, or set by the caller
 
     # ---- description ---------------------------------------------------------------------------------
     @property

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=float, default=None, help="MP4 frame rate (default: the scene's)")
     p.add_argument("--modes", default="pose,expression,illumination",
                    help="which rig blocks drive the image (RigNet modes, comma separated)")
+    p.add_argument("--final-quality", action="store_true",
+                   help="closed-loop editing: each frame checked by a per-image fit and corrected, so the face "
+                        "follows the rig closer; seconds per frame (docs/benchmarks.md); needs --rignet")
     add_engine_args(p)
     p.set_defaults(func=run_render_blend)
 
@@ -53,7 +56,8 @@ def run_render_blend(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     modes = tuple(m for m in args.modes.split(",") if m)
     t = time.perf_counter()
-    job = BatchJob.from_scene(scene, rig, out, frames=frames, size=args.size, modes=modes)
+    job = BatchJob.from_scene(scene, rig, out, frames=frames, size=args.size, modes=modes,
+                              final_quality=args.final_quality)
     collect = time.perf_counter() - t
     with engine_client(args, out / "engine.log") as client:
         job.run(client)
@@ -63,7 +67,7 @@ def run_render_blend(args) -> int:
     if job.status != "done":
         return 1
     result = {"frames": [str(p) for p in job.frame_paths()], "rendered": job.done, "skipped": job.skipped,
-              "seconds": round(job.seconds, 2), "notes": job.notes}
+              "seconds": round(job.seconds, 2), "notes": job.notes, "final_quality": job.final_quality}
     if not args.no_mp4:
         fps = args.fps or scene.render.fps / scene.render.fps_base
         result["mp4"] = str(encode_mp4(job.frame_paths(), out / "stylerig.mp4", fps=fps))
