@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from stylerig_addon import protocol as P
-from stylerig_addon.client import Client, EngineConnectionError, EngineError, StreamingRenderer
+from stylerig_addon.client import Client, EngineConnectionError, EngineError
+from stylerig_addon.streaming import StreamingRenderer
 from stylerig_server.service import EngineServer
 from stylerig_server.worker import WorkerConfig
 from test_server_engine import make_engine
