@@ -7,6 +7,7 @@ edits are measured through DFR re-estimation and labelled "self-estimated".
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch
 from ..params import CONTROL_MODES, rotation_matrix
 from .editing import Rig
 from .fitting import closed_loop_edit
+from .networks import RigNet
 
 HELD_OUT_SEED = 1_000_003  # latents for evaluation never come from corpus seeds (those are hashed from 0..)
 
@@ -159,7 +161,7 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
     reference = _embed(identity_model, generator, w, batch) if identity_model is not None else None
     report["modes"] = {}
     for mode in rig.modes:
-        net = rig.rignets[mode]
+        net: RigNet = rig.rignets[mode]  # type: ignore[assignment]  # ModuleDict items are RigNets
         blocks = CONTROL_MODES[mode]
         naive = w.clone()
         idx = list(net.layers)
@@ -173,7 +175,7 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
             p_hat = truth(w_hat)
             to_target = block_errors(layout, p_hat, p_v)
             from_source = block_errors(layout, p_hat, p_w)
-            row = {"control": {b: _summary(to_target[b]) for b in blocks},
+            row: dict[str, Any] = {"control": {b: _summary(to_target[b]) for b in blocks},
                    "drift": {b: _summary(e) for b, e in from_source.items() if b not in blocks}}
             if observable is not None and mode in OBSERVABLE_OF:
                 key = OBSERVABLE_OF[mode]

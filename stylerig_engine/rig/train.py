@@ -227,7 +227,7 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
             reading = dfr(ws)
         mine[str(start)] = fit_landmarks(renderer, landmarks, reading).cpu().contiguous()
     part = path.with_name(f"{path.name}.part{rank}")
-    if world > 1:
+    if d is not None and world > 1:
         with atomic_write(part) as f:
             f.write(save(mine))
         d.barrier()
@@ -240,9 +240,13 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
         table = torch.cat([mine[str(start)] for start in starts])
         with atomic_write(path) as f:
             f.write(save({"targets": table}, metadata=key))
-    if world > 1:
+    if d is not None and world > 1:
         d.barrier()
-    return table if table is not None else cached()
+    if table is None:
+        table = cached()
+    if table is None:
+        raise RuntimeError(f"{path}: the landmark-fit table rank 0 wrote cannot be read")
+    return table
 
 
 def distill_term(layout, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -305,6 +309,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         net: DFR | RigNet = DFR(layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden, layer_code=cfg.layer_code)
         dfr = None
     else:
+        assert cfg.mode is not None and cfg.dfr is not None  # TrainConfig.__post_init__ refuses a RigNet without them
         net = RigNet(cfg.mode, layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden,
                      layers=tuple(cfg.layers) if cfg.layers else None)
         dfr = load_network(cfg.dfr, device)
@@ -317,6 +322,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     net = net.to(device)
     targets = None
     if cfg.distill:  # from the run's initial network, before a resumed state replaces it
+        assert isinstance(net, DFR)  # TrainConfig.__post_init__ allows distill for DFR runs only
         targets = landmark_fit_targets(corpus, net, renderer, out / "dfr.fit-targets.safetensors",
                                        progress=progress).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -361,7 +367,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             optimizer.step()
             step += 1
             samples += cfg.batch
-            if rank == 0:
+            if log is not None:  # rank 0
                 rate = samples / max(time.perf_counter() - t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", samples_s=f"{rate:.1f}")
