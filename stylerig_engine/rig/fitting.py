@@ -9,7 +9,7 @@ It costs a fit per iteration (seconds per image on a CPU), so it suits final ren
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -23,39 +23,54 @@ from .losses import FaceLoss, LossWeights, region_model
 FIT_REG = 1e-5  # a weak prior: with DFR's 1e-3 the prior outweighs the data near the optimum (docs/rig.md)
 
 
-def fit_parameters(loss: FaceLoss, images: torch.Tensor, landmarks: torch.Tensor, start: torch.Tensor, *,
-                   steps: int = 400, lr: float = 0.02,
+def fit_parameters(loss: FaceLoss, images: torch.Tensor | None, landmarks: torch.Tensor, start: torch.Tensor, *,
+                   steps: int = 400, lr: float = 0.02, photometric: bool = True,
+                   blocks: Sequence[str] | None = None, clamp: bool = False,
                    callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Parameters (B, D) that minimise loss's photometric + landmark terms + regulariser for each image.
 
     Keyword args:
       loss: FaceLoss at the images' resolution (its weights set the regulariser).
-      images: (B, 3, S, S) generator images in [-1, 1].
+      images: (B, 3, S, S) generator images in [-1, 1] (None with photometric=False).
       landmarks: (B, 68, 2) their landmarks in pixels at S.
       start: (B, D) initial parameters (DFR's reading).
       steps: Adam steps; the learning rate follows a cosine from lr to 0.
       lr: peak learning rate in prior standard deviations (the fit runs in z = (p − μ) / σ).
+      photometric: False fits the landmark term alone (no render).
+      blocks: the blocks the fit may move (default all); the others stay at `start`.
+      clamp: keep blendshape weights in the layout's range during the fit.
       callback: called as callback(step, params) after every step.
     """
     layout = loss.layout
-    assert start.ndim == 2 and start.shape == (len(images), layout.dim), \
-        f"start must be ({len(images)}, {layout.dim}), got {tuple(start.shape)}"
+    if start.ndim != 2 or start.shape != (len(landmarks), layout.dim):
+        raise ValueError(f"start must be ({len(landmarks)}, {layout.dim}), got {tuple(start.shape)}")
     mean = torch.as_tensor(layout.prior_mean, dtype=start.dtype, device=start.device)
     std = torch.as_tensor(layout.prior_std, dtype=start.dtype, device=start.device)
-    z = ((start.detach() - mean) / std).requires_grad_(True)
+    z0 = (start.detach() - mean) / std
+    z = z0.clone().requires_grad_(True)
+    free = None if blocks is None else torch.as_tensor(layout.mask(blocks), device=start.device)
+    low, high = torch.full_like(mean, -torch.inf), torch.full_like(mean, torch.inf)
+    if clamp and layout.expression_range is not None:
+        low[layout.slice("expression")], high[layout.slice("expression")] = layout.expression_range
+
+    def params() -> torch.Tensor:  # out of place, for autograd
+        p = mean + std * (z if free is None else torch.where(free, z, z0))
+        return p.clamp(low, high) if clamp else p
+
     optimizer = torch.optim.Adam([z], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     with torch.enable_grad():
         for step in range(1, steps + 1):
-            p = mean + std * z
-            total = (loss.weighted(loss.data_terms(p, images, landmarks)) + loss.regulariser(p)).mean()
+            p = params()
+            total = (loss.weighted(loss.data_terms(p, images, landmarks, photometric=photometric))
+                     + loss.regulariser(p)).mean()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             schedule.step()
             if callback is not None:
-                callback(step, (mean + std * z).detach())
-    return (mean + std * z).detach()
+                callback(step, params().detach())
+    return params().detach()
 
 
 class ImageReader:
@@ -193,33 +208,6 @@ def fit_landmarks(renderer: FaceRenderer, landmarks: torch.Tensor, start: torch.
       steps: Adam steps, learning rate on a cosine from lr to 0 (in prior standard deviations).
       weights: landmark weight and the identity/expression priors.
     """
-    layout = renderer.layout
-    if start.ndim != 2 or start.shape != (len(landmarks), layout.dim):
-        raise ValueError(f"start must be ({len(landmarks)}, {layout.dim}), got {tuple(start.shape)}")
     loss = FaceLoss(renderer, weights).to(start.device)
-    mean = torch.as_tensor(layout.prior_mean, dtype=start.dtype, device=start.device)
-    std = torch.as_tensor(layout.prior_std, dtype=start.dtype, device=start.device)
-    free = torch.as_tensor(layout.mask(GEOMETRY_BLOCKS), device=start.device)
-    z0 = (start.detach() - mean) / std
-    z = z0.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-
-    low = torch.full_like(mean, -torch.inf)
-    high = torch.full_like(mean, torch.inf)
-    if layout.expression_range is not None:  # blendshape weights stay in their range (out of place, for autograd)
-        low[layout.slice("expression")], high[layout.slice("expression")] = layout.expression_range
-
-    def params() -> torch.Tensor:
-        return (mean + std * torch.where(free, z, z0)).clamp(low, high)
-
-    with torch.enable_grad():
-        for _ in range(steps):
-            p = params()
-            total = (loss.weighted(loss.data_terms(p, None, landmarks, photometric=False))
-                     + loss.regulariser(p)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            schedule.step()
-    return params().detach()
+    return fit_parameters(loss, None, landmarks, start, steps=steps, lr=lr, photometric=False,
+                          blocks=GEOMETRY_BLOCKS, clamp=True)
