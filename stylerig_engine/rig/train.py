@@ -222,7 +222,10 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
     starts = list(range(0, len(corpus), chunk))
     mine = {}
     for start in tqdm(starts[rank::world], desc="landmark fits", unit="chunk", disable=not progress or rank != 0):
-        ws, _, landmarks = load_batch(corpus, np.arange(start, min(start + chunk, len(corpus))), device)
+        rows = corpus.read_rows(np.arange(start, min(start + chunk, len(corpus))), names=("ws", "landmarks"))
+        if "landmarks" not in rows:
+            raise ValueError(f"{corpus.root}: the corpus has no landmarks; distillation fits them")
+        ws, landmarks = (torch.from_numpy(rows[k]).float().to(device) for k in ("ws", "landmarks"))  # no images
         with torch.no_grad():
             reading = dfr(ws)
         mine[str(start)] = fit_landmarks(renderer, landmarks, reading).cpu().contiguous()
