@@ -1,6 +1,7 @@
 """DFR and RigNet: networks, checkpoints, losses at the truth, training determinism, resume, DDP, evaluation."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -580,3 +581,93 @@ def test_rignet_parameter_terms_without_rendering(model, layout):
         assert float(total.detach()) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(ValueError, match="edit_focus"):
         RigNetLossWeights(edit_focus=-1)
+
+
+def test_key_edit_targets_key_a_few_controls_on_the_face(layout):
+    """KeyEditSampler keys 1..MAX_KEYED_ENTRIES of the mode's entries (plus, sometimes, their left/right twins) to
+    values inside the readings' range, and leaves every other entry of the face's reading alone."""
+    from stylerig_engine.rig.key_edits import MAX_KEYED_ENTRIES, KeyEditSampler, mirror_index
+
+    assert mirror_index(["jawOpen", "eyeBlink_L", "mouthSmile_R", "eyeBlink_R", "mouthSmile_L"]) == [0, 3, 4, 1, 2]
+    torch.manual_seed(0)
+    readings = layout.clamp(torch.as_tensor(layout.prior_mean) + 0.5 * torch.as_tensor(layout.prior_std)
+                            * torch.randn(500, layout.dim))
+    sampler = KeyEditSampler(layout, "expression", readings)
+    start = readings[:200]
+    target = sampler(start)
+    controlled = torch.as_tensor(layout.mask(["expression"]))
+    changed = target != start
+    assert not changed[:, ~controlled].any()
+    counts = changed.sum(1)
+    assert counts.min() >= 1 and counts.max() <= 2 * MAX_KEYED_ENTRIES and counts.float().mean() > 1.5
+    expression = target[:, controlled]
+    low = torch.minimum(sampler.low, sampler.low[sampler.twin])  # a mirrored key takes its twin's value
+    high = torch.maximum(sampler.high, sampler.high[sampler.twin])
+    assert (expression >= low - 1e-6).where(changed[:, controlled], True).all()
+    assert (expression <= high + 1e-6).where(changed[:, controlled], True).all()
+    names = [n.split("/")[-1] for n in layout.names[layout.slice("expression")]]
+    left, right = names.index("eyeBlink_L"), names.index("eyeBlink_R")
+    both = changed[:, controlled][:, left] & changed[:, controlled][:, right]
+    assert both.any() and (expression[both, left] == expression[both, right]).float().mean() > 0.5  # mirrored keys
+    torch.manual_seed(1)
+    again = sampler(start)
+    torch.manual_seed(1)
+    assert torch.equal(again, sampler(start))  # seeded runs draw the same targets
+    pose = KeyEditSampler(layout, "pose", readings)(start)
+    assert not (pose != start)[:, ~torch.as_tensor(layout.mask(["rotation", "translation"]))].any()
+    with pytest.raises(ValueError, match="readings"):
+        KeyEditSampler(layout, "pose", readings[:, :5])
+
+
+def test_key_edit_loss_reads_only_dfr_and_the_face_image(model, layout):
+    """With L_consist off and ŵ = w (a RigNet with a zero output layer), the key-edit loss is exactly the focused
+    parameter miss of F(w) against the keyed target, and P_consist is 0; with L_consist on it renders against I_w."""
+    from stylerig_engine.render.face import FaceRenderer
+    from stylerig_engine.rig.losses import FaceLoss, RigNetLossWeights, key_edit_loss, region_model
+
+    torch.manual_seed(0)
+    dfr = DFR(layout, num_ws=14, w_dim=512, hidden=32, layer_code=8)
+    torch.nn.init.normal_(dfr.net[-1].weight, std=0.1)
+    rignet = RigNet("expression", layout, num_ws=14, w_dim=512)
+    renderer = FaceRenderer(region_model(model), layout, image_size=32)
+    loss = FaceLoss(renderer)
+    w = torch.randn(3, 14, 512)
+    p_w = dfr(w).detach()
+    target = p_w.clone()
+    index = layout.slice("expression").start + [n.split("/")[-1] for n in
+                                                layout.names[layout.slice("expression")]].index("jawOpen")
+    target[:, index] = 0.7
+    weights = RigNetLossWeights(consistency=0, edit_focus=2.0)
+    total, stats = key_edit_loss(loss, dfr, rignet, w=w, target=target, image_w=None, landmarks_w=None,
+                                 weights=weights)
+    mask = torch.as_tensor(layout.mask(["expression"]))
+    z_w, z_t = layout.normalise(p_w)[:, mask], layout.normalise(target)[:, mask]
+    focus = 1 + 2.0 * (z_t - z_w).abs()
+    expected = ((focus * (z_w - z_t).square()).sum(1) / focus.sum(1)).mean()
+    assert stats["param_consist"] == 0.0 and "consist_photometric" not in stats
+    assert float(total) == pytest.approx(float(expected), rel=1e-5) and float(total) > 0
+    with torch.no_grad():
+        out = renderer(p_w)
+    images, landmarks = out.image * 2 - 1, out.landmarks
+    _, stats = key_edit_loss(loss, dfr, rignet, w=w, target=target, image_w=images, landmarks_w=landmarks)
+    assert stats["consist_landmark"] == pytest.approx(0.0, abs=1e-10)  # ŵ = w: F(w) renders its own landmarks
+    with pytest.raises(ValueError, match="target must be"):
+        key_edit_loss(loss, dfr, rignet, w=w, target=target[:, :4], image_w=images, landmarks_w=landmarks)
+
+
+def test_rignet_training_with_key_edits(corpus, tmp_path):
+    """A RigNet run with key_edits logs both kinds of edit and learns; key_edits are refused where they cannot work."""
+    from stylerig_engine.rig.train import TrainConfig, train
+
+    root, _ = corpus
+    dfr = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path), steps=2, batch=8, hidden=64),
+                progress=False)
+    train(TrainConfig(net="rignet", mode="expression", dfr=str(dfr), corpus=str(root), out=str(tmp_path), steps=2,
+                      batch=8, hidden=64, log_every=1, key_edits=0.5), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "rignet-expression.log.jsonl").read_text().splitlines()]
+    assert {"rec", "edit_photometric", "param_edit", "key_param_edit", "key_consist_photometric"} <= set(log[0])
+    assert "key_edit_photometric" not in log[0] and all(math.isfinite(row["loss"]) for row in log)
+    for bad in (dict(net="dfr", key_edits=0.5), dict(net="rignet", mode="pose", dfr="d", key_edits=1.0),
+                dict(net="rignet", mode="pose", dfr="d", key_edits=0.5, rignet_loss={"parameter_edit": 0.0})):
+        with pytest.raises(ValueError, match="key_edits"):
+            TrainConfig(corpus="c", out="o", **bad)

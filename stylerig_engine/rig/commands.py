@@ -82,6 +82,9 @@ def register(subparsers) -> None:
                                  "e.g. stylerig_engine/data/rig/synthetic")
     everything.set_defaults(func=_train_all)
     for p in (rig, everything):
+        p.add_argument("--key-edits", type=float, default=0.5, metavar="FRACTION",
+                       help="share of each RigNet batch edited towards the face's own reading with a few controls "
+                            "keyed, as an animator does (0: only the paper's edits towards another face; docs/rig.md)")
         p.add_argument("--rignet-loss", default=None, metavar="NAME=VALUE,...",
                        help="override RigNet loss weights, e.g. parameter_edit=1,parameter_consistency=1 (names: "
                             "RigNetLossWeights fields, see docs/rig.md)")
@@ -173,6 +176,7 @@ def _config(args, net: str, **overrides):
 
         text = getattr(args, "rignet_loss", None) or ""
         kw["rignet_loss"] = asdict(parse_loss_weights(text, RigNetLossWeights(), "--rignet-loss"))
+        kw["key_edits"] = args.key_edits
     kw.update(overrides)
     return TrainConfig(**kw)
 

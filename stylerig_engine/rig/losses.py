@@ -193,12 +193,43 @@ def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor
         total = total + weights.consistency * loss.weighted(consist_terms)
         stats.update({f"consist_{k}": t.mean().item() for k, t in consist_terms.items()})
     if weights.parameter_edit or weights.parameter_consistency:
-        controlled = torch.as_tensor(layout.mask(blocks), device=w.device)
-        z_hat, z_v, z_w = layout.normalise(p_hat), layout.normalise(p_v.detach()), layout.normalise(p_w.detach())
-        focus = 1 + weights.edit_focus * (z_v - z_w).abs()  # an animator's key counts more than what stays put
-        miss = (focus * (z_hat - z_v).square())[:, controlled].sum(1) / focus[:, controlled].sum(1)
-        param_edit, param_consist = miss, (z_hat - z_w).square()[:, ~controlled].mean(1)
-        total = total + weights.parameter_edit * param_edit + weights.parameter_consistency * param_consist
-        stats.update(param_edit=param_edit.mean().item(), param_consist=param_consist.mean().item())
+        total = total + _parameter_terms(layout, blocks, p_hat, p_v.detach(), p_w.detach(), weights, stats)
+    total = total.mean()
+    return total, {"loss": total.item(), **stats}
+
+
+def _parameter_terms(layout: ParamLayout, blocks, p_hat: torch.Tensor, p_target: torch.Tensor, p_w: torch.Tensor,
+                     weights: RigNetLossWeights, stats: dict[str, float]) -> torch.Tensor:
+    """(B,) α_pe · P_edit + α_pc · P_consist: F(ŵ)'s controlled blocks against the target's, its other blocks
+    against F(w)'s, in prior standard deviations (P_edit weighs each entry by edit_focus); adds both to stats."""
+    controlled = torch.as_tensor(layout.mask(blocks), device=p_hat.device)
+    z_hat, z_t, z_w = layout.normalise(p_hat), layout.normalise(p_target), layout.normalise(p_w)
+    focus = 1 + weights.edit_focus * (z_t - z_w).abs()  # an animator's key counts more than what stays put
+    param_edit = (focus * (z_hat - z_t).square())[:, controlled].sum(1) / focus[:, controlled].sum(1)
+    param_consist = (z_hat - z_w).square()[:, ~controlled].mean(1)
+    stats.update(param_edit=param_edit.mean().item(), param_consist=param_consist.mean().item())
+    return weights.parameter_edit * param_edit + weights.parameter_consistency * param_consist
+
+
+def key_edit_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, target: torch.Tensor, image_w: torch.Tensor,
+                  landmarks_w: torch.Tensor, weights: RigNetLossWeights | None = None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """RigNet's loss for edits towards targets (B, D) that no image shows (key_edits.KeyEditSampler: a face's own
+    reading with a few controls keyed): ŵ = RigNet(w, target); the parameter terms (F(ŵ)'s controlled blocks
+    against the target, its other blocks against F(w)) and L_consist (F(w) with F(ŵ)'s other blocks, rendered
+    against I_w). L_edit has no image to compare with, and L_rec is rignet_loss's."""
+    weights = weights or RigNetLossWeights()
+    if target.shape != (len(w), loss.layout.dim):
+        raise ValueError(f"target must be ({len(w)}, {loss.layout.dim}), got {tuple(target.shape)}")
+    layout = loss.layout
+    blocks = CONTROL_MODES[rignet.mode]
+    p_w = dfr(w).detach()
+    p_hat = dfr(rignet(w, target))
+    stats: dict[str, float] = {}
+    total = _parameter_terms(layout, blocks, p_hat, target, p_w, weights, stats)
+    if weights.consistency:
+        consist_terms = loss.data_terms(layout.replace(p_hat, p_w, blocks), image_w, landmarks_w)
+        total = total + weights.consistency * loss.weighted(consist_terms)
+        stats.update({f"consist_{k}": t.mean().item() for k, t in consist_terms.items()})
     total = total.mean()
     return total, {"loss": total.item(), **stats}

@@ -32,7 +32,8 @@ from ..fileio import atomic_write
 from ..params import PAPER_MODES, layout_for_model
 from ..render.face import FaceRenderer
 from .checkpoints import load_network, save_network
-from .losses import FaceLoss, LossWeights, RigNetLossWeights, dfr_loss, region_model, rignet_loss
+from .key_edits import KeyEditSampler
+from .losses import FaceLoss, LossWeights, RigNetLossWeights, dfr_loss, key_edit_loss, region_model, rignet_loss
 from .networks import DFR, RigNet
 
 
@@ -62,6 +63,10 @@ class TrainConfig:
         and DFR's DISTILL_BLOCKS are pulled towards that fit, in prior standard deviations: a per-image,
         well-conditioned reading of pose and expression that the self-supervised loss alone does not teach an
         amortised network (docs/rig.md). 0 turns it off. Best from a trained DFR (init).
+      key_edits: RigNet only: the fraction of each batch edited towards the face's own reading with a few of the
+        mode's entries keyed (key_edits.KeyEditSampler, values in the range DFR reads on the corpus), as an animator
+        keys a smile or a turn, instead of towards another face's F(v); those edits have no image and train through
+        the parameter terms and L_consist (losses.key_edit_loss). 0 is the paper's training.
       generator: the identity of the generator the corpus came from (name, resolution, W+ shape, weights hash);
         written into finished configs by `stylerig rig stamp` and `train all`, not used by training itself.
       loss: LossWeights fields.
@@ -89,6 +94,7 @@ class TrainConfig:
     model: str | None = None
     init: str | None = None
     distill: float = 0.0
+    key_edits: float = 0.0
     generator: dict | None = None  # the generator's identity, stamped by checkpoints.stamp_generator
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
     rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
@@ -106,6 +112,11 @@ class TrainConfig:
             raise ValueError("steps must be >= 1, batch >= 2 and lr > 0")
         if not self.distill >= 0 or (self.distill and self.net != "dfr"):
             raise ValueError(f"distill must be >= 0 and is for DFR runs only, got {self.distill} for {self.net}")
+        if not 0 <= self.key_edits < 1 or (self.key_edits and self.net != "rignet"):
+            raise ValueError(f"key_edits must be in [0, 1) and is for RigNet runs only, got {self.key_edits} for "
+                             f"{self.net}")
+        if self.key_edits and not self.rignet_loss.get("parameter_edit", 1.0):
+            raise ValueError("key_edits train through the parameter terms: they need rignet_loss parameter_edit > 0")
         if self.lr_schedule not in ("cosine", "constant") or not 0 <= self.warmup < 1:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant' and warmup in [0, 1), got "
                              f"{self.lr_schedule!r}, {self.warmup}")
@@ -259,6 +270,28 @@ def distill_term(layout, params: torch.Tensor, targets: torch.Tensor) -> torch.T
     return sum(sq[:, layout.slice(b)].mean() for b in DISTILL_BLOCKS) / len(DISTILL_BLOCKS)
 
 
+# ---- RigNet's step ---------------------------------------------------------------------------------------
+def _rignet_step(loss: FaceLoss, dfr: DFR, rignet: RigNet, keys: KeyEditSampler | None, cfg: TrainConfig,
+                 ws: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """RigNet's loss on one batch: the first round(key_edits · B) latents are edited towards keyed targets
+    (key_edit_loss), each of the others towards the next one's reading (rignet_loss); weighted by their counts."""
+    weights = RigNetLossWeights(**cfg.rignet_loss)
+    n = min(round(cfg.key_edits * len(ws)), len(ws) - 1) if keys is not None else 0  # L_rec needs a paper row
+    paper_w, paper_images, paper_landmarks = ws[n:], images[n:], landmarks[n:]
+    total, stats = rignet_loss(loss, dfr, rignet, w=paper_w, v=paper_w.roll(1, 0), image_w=paper_images,
+                               image_v=paper_images.roll(1, 0), landmarks_w=paper_landmarks,
+                               landmarks_v=paper_landmarks.roll(1, 0), weights=weights)
+    if n:
+        assert keys is not None
+        with torch.no_grad():
+            targets = keys(dfr(ws[:n]))
+        keyed, key_stats = key_edit_loss(loss, dfr, rignet, w=ws[:n], target=targets, image_w=images[:n],
+                                         landmarks_w=landmarks[:n], weights=weights)
+        total = (total * (len(ws) - n) + keyed * n) / len(ws)
+        stats = {**stats, "loss": total.item(), **{f"key_{k}": v for k, v in key_stats.items() if k != "loss"}}
+    return total, stats
+
+
 # ---- the run --------------------------------------------------------------------------------------------
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
     tensors = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
@@ -319,7 +352,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         if not isinstance(dfr, DFR):
             raise ValueError(f"{cfg.dfr} is not a DFR checkpoint")
         dfr.requires_grad_(False)
-    net.normaliser.set_statistics(latent_statistics(corpus))
+    statistics = latent_statistics(corpus)
+    net.normaliser.set_statistics(statistics)
+    keys = None
+    if cfg.key_edits:
+        assert dfr is not None and cfg.mode is not None  # key_edits are for RigNet runs (TrainConfig)
+        with torch.no_grad():
+            keys = KeyEditSampler(layout, cfg.mode, dfr(statistics.to(device)))
     if cfg.init:
         _initialise_from(net, cfg.init)
     net = net.to(device)
@@ -357,11 +396,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                     distilled = distill_term(layout, params, targets[torch.as_tensor(idx, device=device)])
                     total = total + cfg.distill * distilled
                     stats["distill"] = distilled.item()
-            else:  # each latent is edited towards the next one in the batch
-                total, stats = rignet_loss(loss, dfr, net, w=ws, v=ws.roll(1, 0), image_w=images,
-                                           image_v=images.roll(1, 0), landmarks_w=landmarks,
-                                           landmarks_v=landmarks.roll(1, 0),
-                                           weights=RigNetLossWeights(**cfg.rignet_loss))
+            else:
+                assert isinstance(dfr, DFR) and isinstance(net, RigNet)  # a RigNet run (set up above)
+                total, stats = _rignet_step(loss, dfr, net, keys, cfg, ws, images, landmarks)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             _average_gradients(net.parameters())
