@@ -477,6 +477,7 @@ def test_animator_report_measures_the_share_of_a_keyed_change(layout):
     assert set(report["keys"]) == set(ANIMATOR_KEYS)
     for key, row in report["keys"].items():
         assert row["median"] == 0.0 and row["faces"] > 8, key
+        assert row["dfr_read_median"] == 0.0, key  # DFR reads the unedited face exactly as before
     truth = world.true_params(sample_latents(world, 512, 1_000_004, 0.8))
     index = blendshape_index(layout)
     blink = truth[:, [index["eyeBlink_L"], index["eyeBlink_R"]]].numpy()

@@ -258,7 +258,8 @@ def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, s
     reading, as "Match rig to face" gives them), and the head turned through YAW_SWEEP_DEG.
 
     keys: per key, the fraction of the keyed change (target − the face's true value) that the edited face shows
-    (median over faces; faces already within 0.1 of the key are left out). yaw_sweep: the angle between the
+    (median over faces; faces already within 0.1 of the key are left out), and dfr_read_median, the same share as
+    DFR reads it (from its reading of the face to its reading of the edit). yaw_sweep: the angle between the
     edited face's rotation and the keyed one. On generators without exact parameters both are measured through
     DFR re-estimation (self-estimated).
     """
@@ -279,12 +280,19 @@ def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, s
             target = start.clone()
             target[:, idx] = value
             before = p_w[:, idx].mean(1)
-            after = truth(rig.edit(w, "expression", target))[:, idx].mean(1)
+            w_hat = rig.edit(w, "expression", target)
+            after = truth(w_hat)[:, idx].mean(1)
             keyed = value - before
             valid = keyed.abs() > 0.1
             shown = (after - before)[valid] / keyed[valid]
+            # the same share in DFR's own reading: low here means RigNet misses its own sensor's target, high
+            # here but low above means RigNet found latents DFR misreads (docs/rig.md)
+            read_keyed = value - start[:, idx].mean(1)
+            read_valid = read_keyed.abs() > 0.1
+            read = (rig.fit(w_hat)[:, idx].mean(1) - start[:, idx].mean(1))[read_valid] / read_keyed[read_valid]
             keys[key] = {"value": value, "faces": int(valid.sum()),
-                         **(_summary(shown) if valid.any() else dict.fromkeys(("median", "mean", "p90"), math.nan))}
+                         **(_summary(shown) if valid.any() else dict.fromkeys(("median", "mean", "p90"), math.nan)),
+                         "dfr_read_median": float(read.median()) if read_valid.any() else math.nan}
         report["keys"] = keys
     if "pose" in rig.rignets:
         rot = layout.slice("rotation")
@@ -352,7 +360,8 @@ def format_table(report: dict) -> str:
                       "share of the keyed change shown"]
         for key, row in animator.get("keys", {}).items():
             lines.append(f"  {key:<13} to {row['value']:.2f}: median {100 * row['median']:6.1f} %  "
-                         f"(mean {100 * row['mean']:6.1f} %, {row['faces']} faces)")
+                         f"(mean {100 * row['mean']:6.1f} %, {row['faces']} faces; "
+                         f"in DFR's reading {100 * row.get('dfr_read_median', math.nan):.0f} %)")
         if "yaw_sweep" in animator:
             sweep = animator["yaw_sweep"]
             lines.append(f"  yaw sweep {YAW_SWEEP_DEG[0]:+.0f}..{YAW_SWEEP_DEG[-1]:+.0f}°: "
