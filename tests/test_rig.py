@@ -309,13 +309,15 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     run, ship = tmp_path / "run", tmp_path / "ship"
     assert main(["train", "all", "--generator", "synthetic:32", "--count", "32", "--batch", "8", "--dfr-steps", "2",
                  "--distill-steps", "2", "--rignet-steps", "2", "--modes", "pose", "--eval-count", "8",
-                 "--layer-code", "8", "--reg", "3e-4", "--out", str(run), "--ship", str(ship)]) == 0
+                 "--layer-code", "8", "--reg", "3e-4", "--distill-hidden", "48", "--distill-batch", "16",
+                 "--out", str(run), "--ship", str(ship)]) == 0
     report = json.loads((ship / "evaluation.json").read_text())
-    # two DFR stages: self-supervised, then distilled from landmark fits started from the first
+    # two DFR stages: self-supervised, then a fresh, wider DFR regressed on landmark fits started from the first
     first = json.loads((run / "dfr-self-supervised" / "dfr.config.json").read_text())
     second = json.loads((run / "dfr.config.json").read_text())
     assert (first["distill"], first["steps"], second["steps"]) == (0.0, 2, 2)
-    assert second["distill"] == 10.0 and second["init"] == str(run / "dfr-self-supervised" / "dfr.safetensors")
+    assert second["teacher"] == str(run / "dfr-self-supervised" / "dfr.safetensors") and second["init"] is None
+    assert (second["render"], second["hidden"], second["batch"], first["hidden"]) == (False, 48, 16, 256)
     assert (run / "dfr.fit-targets.safetensors").is_file() and report["training"]["distill_steps"] == 2
     assert set(report["animator"]["yaw_sweep"]["per_yaw_median"]) == {"-30", "-20", "-10", "+0", "+10", "+20", "+30"}
     assert report["training"]["layer_code"] == 8 and report["training"]["lr_schedule"] == "cosine"
@@ -324,7 +326,7 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     assert {dfr_config["loss"][k] for k in ("identity_reg", "albedo_reg", "expression_reg")} == {3e-4}
     assert report["training"]["loss"] == dfr_config["loss"]
     rig = load_rig(ship)
-    assert rig.modes == ["pose"] and rig.dfr.layer_code == 8
+    assert rig.modes == ["pose"] and rig.dfr.layer_code == 8 and rig.dfr.net[0].out_features == 48
     assert rig.dfr.net[0].weight.dtype == torch.float32  # shipped in float16, loaded as float32
     assert report["modes"]["pose"]["no_edit"]["drift_mean"] == 0.0
 
@@ -555,6 +557,52 @@ def test_dfr_distillation_caches_its_targets_and_logs_the_term(corpus, tmp_path)
     assert table.stat().st_mtime_ns == stamp  # the resumed run reused the table
     with pytest.raises(ValueError, match="distill"):
         TrainConfig(net="rignet", mode="pose", dfr="x", corpus="c", out="o", distill=1.0)
+
+
+def test_a_wider_dfr_learns_from_a_teacher_without_rendering(corpus, tmp_path, monkeypatch):
+    """render=False with a teacher: the targets are the teacher's landmark fits (the table is keyed by the teacher),
+    the student never renders and learns every block of them; teacher and render=False need distillation."""
+    from stylerig_engine.corpus import Corpus
+    from stylerig_engine.render.face import FaceRenderer
+    from stylerig_engine.rig.train import TrainConfig, distill_term, train
+
+    root, _ = corpus
+    teacher = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "t"), batch=8, hidden=32, steps=2),
+                    progress=False)
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("the render-free student rendered")
+
+    monkeypatch.setattr(FaceRenderer, "forward", no_render)
+    cfg = dict(net="dfr", corpus=str(root), batch=16, hidden=96, distill=1.0, render=False, teacher=str(teacher),
+               lr=3e-3, log_every=1)
+    student = train(TrainConfig(out=str(tmp_path / "s"), steps=30, **cfg), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "s" / "dfr.log.jsonl").read_text().splitlines()]
+    assert set(log[0]) == {"step", "loss", "distill", "lr", "samples_per_s"}
+    net, table = load_network(student), load_file_targets(tmp_path / "s")
+    assert net.net[0].out_features == 96
+    ws = torch.from_numpy(Corpus(root).read_rows(np.arange(48), names=("ws",))["ws"]).float()
+    blocks = tuple(name for name, _ in net.layout.sizes)
+    fresh = train(TrainConfig(out=str(tmp_path / "f"), steps=1, **{**cfg, "lr": 1e-9}), progress=False)
+    with torch.no_grad():
+        before = distill_term(net.layout, load_network(fresh)(ws), table, blocks)
+        after = distill_term(net.layout, net(ws), table, blocks)
+    assert float(after) < 0.7 * float(before)  # it learned the teacher's table
+    teacher_net = load_network(teacher)
+    with torch.no_grad():
+        start = teacher_net(ws)
+    appearance = torch.as_tensor(net.layout.mask(["albedo", "illumination"]))
+    assert torch.allclose(table[:, appearance], start[:, appearance], atol=1e-5)  # light: the teacher's reading
+    for bad in (dict(net="dfr", render=False), dict(net="dfr", teacher="t"),
+                dict(net="rignet", mode="pose", dfr="d", teacher="t", distill=0.0)):
+        with pytest.raises(ValueError, match="teacher and render"):
+            TrainConfig(corpus="c", out="o", **bad)
+
+
+def load_file_targets(run: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "dfr.fit-targets.safetensors"))["targets"]
 
 
 def test_rignet_parameter_terms_without_rendering(model, layout):

@@ -45,6 +45,13 @@ def register(subparsers) -> None:
     dfr.add_argument("--distill", type=float, default=0.0,
                      help="weight of the landmark-fit distillation term (0: off; see docs/rig.md); best with --init "
                           "a trained DFR")
+    dfr.add_argument("--hidden", type=int, default=256, help="width of DFR's hidden layers")
+    dfr.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                     help="with --distill: the trained DFR whose readings start the landmark fits and give the other "
+                          "blocks' targets (default: the run's own initial network)")
+    dfr.add_argument("--no-render", dest="render", action="store_false",
+                     help="with --distill: learn from the distillation targets alone, every block, without rendering "
+                          "(a regression, far cheaper per step; docs/rig.md)")
     dfr.set_defaults(func=_train_one, net="dfr")
     rig = kinds.add_parser("rignet", help="train the RigNet of one control mode against a trained DFR")
     common(rig)
@@ -71,9 +78,13 @@ def register(subparsers) -> None:
     everything.add_argument("--layer-code", type=int, default=64, help="DFR's per-W+-layer code width (0: flat MLP)")
     everything.add_argument("--reg", type=float, default=None, help="DFR's statistical regulariser weight")
     everything.add_argument("--distill-steps", type=int, default=500,
-                            help="steps of DFR's second stage, distilled from landmark fits (0: no second stage)")
-    everything.add_argument("--distill", type=float, default=10.0, help="weight of the distillation term")
-    everything.add_argument("--distill-lr", type=float, default=5e-4, help="learning rate of the second stage")
+                            help="steps of DFR's second stage: a fresh, wider DFR learns the landmark fits started "
+                                 "from the first stage's readings, without rendering (0: no second stage)")
+    everything.add_argument("--distill", type=float, default=1.0, help="weight of the distillation term")
+    everything.add_argument("--distill-lr", type=float, default=1e-3, help="learning rate of the second stage")
+    everything.add_argument("--distill-batch", type=int, default=256, help="batch of the second stage")
+    everything.add_argument("--distill-hidden", type=int, default=1024,
+                            help="hidden width of the second stage's DFR (the one RigNets learn through)")
     everything.add_argument("--rignet-steps", type=int, default=1000)
     everything.add_argument("--rignet-batch", type=int, default=None, help="RigNet batch (default: --batch)")
     everything.add_argument("--eval-count", type=int, default=256)
@@ -162,6 +173,9 @@ def _config(args, net: str, **overrides):
     weights = LossWeights()
     if net == "dfr":
         kw["layer_code"] = args.layer_code
+        for name in ("hidden", "teacher", "render"):
+            if hasattr(args, name):
+                kw[name] = getattr(args, name)
         if args.reg is not None:
             weights = LossWeights.with_reg(args.reg)
     if getattr(args, "loss", None):
@@ -214,13 +228,15 @@ def _train_all(args) -> int:
     except CorpusError as e:
         print(f"stylerig train all: error: {e}", file=sys.stderr)
         return 2
-    # DFR: self-supervised, then (--distill-steps) distilled from landmark fits started from that first DFR
+    # DFR: self-supervised, then (--distill-steps) a fresh, wider DFR regressed on landmark fits started from the
+    # first one's readings (its teacher): no render, so many more samples per second (docs/rig.md)
     stage1 = out / "dfr-self-supervised" if args.distill_steps else out
     dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.dfr_steps, out=str(stage1), distill=0.0)
     dfr_path = train(dfr_cfg, resume=args.resume or (stage1 / "dfr.safetensors").exists())
     if args.distill_steps:
-        dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.distill_steps, init=str(dfr_path),
-                          distill=args.distill, lr=args.distill_lr)
+        dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), steps=args.distill_steps, teacher=str(dfr_path),
+                          distill=args.distill, lr=args.distill_lr, batch=args.distill_batch,
+                          hidden=args.distill_hidden, render=False)
         dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
@@ -232,6 +248,7 @@ def _train_all(args) -> int:
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
     report["training"] = {"generator": args.generator, "corpus_count": args.count, "psi": args.psi,
                           "dfr_steps": args.dfr_steps, "distill_steps": args.distill_steps, "distill": args.distill,
+                          "distill_batch": args.distill_batch, "distill_hidden": args.distill_hidden,
                           "rignet_steps": args.rignet_steps, "batch": args.batch,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,

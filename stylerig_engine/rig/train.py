@@ -62,7 +62,13 @@ class TrainConfig:
         once (fitting.fit_landmarks, started from the run's initial DFR, cached in <out>/dfr.fit-targets.safetensors)
         and DFR's DISTILL_BLOCKS are pulled towards that fit, in prior standard deviations: a per-image,
         well-conditioned reading of pose and expression that the self-supervised loss alone does not teach an
-        amortised network (docs/rig.md). 0 turns it off. Best from a trained DFR (init).
+        amortised network (docs/rig.md). 0 turns it off. Best from a trained DFR (init) or with a teacher.
+      teacher: DFR only, with distill: the trained DFR checkpoint whose readings start the landmark fits and give
+        the targets of the blocks landmarks do not fit (default: the run's own initial network), so that a fresh,
+        wider DFR can learn from a trained one.
+      render: DFR only: False trains on the distillation targets alone, every block (the fits' geometry, the
+        starting reading's identity, albedo and light), with no render: a regression that costs a small fraction
+        of a self-supervised step, so a wider network can be trained on many more samples (needs distill > 0).
       key_edits: RigNet only: the fraction of each batch edited towards the face's own reading with a few of the
         mode's entries keyed (key_edits.KeyEditSampler, values in the range DFR reads on the corpus), as an animator
         keys a smile or a turn, instead of towards another face's F(v); those edits have no image and train through
@@ -94,6 +100,8 @@ class TrainConfig:
     model: str | None = None
     init: str | None = None
     distill: float = 0.0
+    teacher: str | None = None
+    render: bool = True
     key_edits: float = 0.0
     generator: dict | None = None  # the generator's identity, stamped by checkpoints.stamp_generator
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
@@ -112,6 +120,8 @@ class TrainConfig:
             raise ValueError("steps must be >= 1, batch >= 2 and lr > 0")
         if not self.distill >= 0 or (self.distill and self.net != "dfr"):
             raise ValueError(f"distill must be >= 0 and is for DFR runs only, got {self.distill} for {self.net}")
+        if (self.teacher or not self.render) and (self.net != "dfr" or not self.distill):
+            raise ValueError("teacher and render=False are for DFR runs with distill > 0 (distillation)")
         if not 0 <= self.key_edits < 1 or (self.key_edits and self.net != "rignet"):
             raise ValueError(f"key_edits must be in [0, 1) and is for RigNet runs only, got {self.key_edits} for "
                              f"{self.net}")
@@ -263,11 +273,12 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
     return table
 
 
-def distill_term(layout, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Squared distance of params' DISTILL_BLOCKS from the targets in prior standard deviations: the mean over
-    blocks of each block's mean, so that rotation's 3 entries count as much as expression's 53."""
+def distill_term(layout, params: torch.Tensor, targets: torch.Tensor,
+                 blocks: tuple[str, ...] = DISTILL_BLOCKS) -> torch.Tensor:
+    """Squared distance of params' `blocks` from the targets in prior standard deviations: the mean over blocks of
+    each block's mean, so that rotation's 3 entries count as much as expression's 53."""
     sq = (layout.normalise(params) - layout.normalise(targets)).square()
-    return sum(sq[:, layout.slice(b)].mean() for b in DISTILL_BLOCKS) / len(DISTILL_BLOCKS)
+    return sum(sq[:, layout.slice(b)].mean() for b in blocks) / len(blocks)
 
 
 # ---- RigNet's step ---------------------------------------------------------------------------------------
@@ -363,10 +374,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         _initialise_from(net, cfg.init)
     net = net.to(device)
     targets = None
-    if cfg.distill:  # from the run's initial network, before a resumed state replaces it
+    if cfg.distill:  # from the teacher or the run's initial network, before a resumed state replaces it
         assert isinstance(net, DFR)  # TrainConfig.__post_init__ allows distill for DFR runs only
-        targets = landmark_fit_targets(corpus, net, renderer, out / "dfr.fit-targets.safetensors",
+        teacher = load_network(cfg.teacher, device) if cfg.teacher else net
+        if not isinstance(teacher, DFR):
+            raise ValueError(f"--teacher {cfg.teacher} is not a DFR checkpoint")
+        targets = landmark_fit_targets(corpus, teacher, renderer, out / "dfr.fit-targets.safetensors",
                                        progress=progress).to(device)
+        del teacher
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step = 0
     if resume and ckpt.exists() and state_path.exists():
@@ -388,8 +403,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     try:
         while step < cfg.steps:
             idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
-            ws, images, landmarks = load_batch(corpus, idx, device)
-            if dfr is None:
+            if not cfg.render:  # distillation alone, a regression on the target table: no images to read
+                assert targets is not None  # render=False needs distill (TrainConfig)
+                ws = torch.from_numpy(corpus.read_rows(idx, names=("ws",))["ws"]).float().to(device)
+                distilled = distill_term(layout, net(ws), targets[torch.as_tensor(idx, device=device)],
+                                         tuple(name for name, _ in layout.sizes))
+                total = cfg.distill * distilled
+                stats = {"loss": total.item(), "distill": distilled.item()}
+            elif dfr is None:
+                ws, images, landmarks = load_batch(corpus, idx, device)
                 params = net(ws)
                 total, stats = dfr_loss(loss, params, images, landmarks)
                 if targets is not None:
@@ -398,6 +420,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                     stats["distill"] = distilled.item()
             else:
                 assert isinstance(dfr, DFR) and isinstance(net, RigNet)  # a RigNet run (set up above)
+                ws, images, landmarks = load_batch(corpus, idx, device)
                 total, stats = _rignet_step(loss, dfr, net, keys, cfg, ws, images, landmarks)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
