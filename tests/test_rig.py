@@ -318,6 +318,7 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     assert (first["distill"], first["steps"], second["steps"]) == (0.0, 2, 2)
     assert second["teacher"] == str(run / "dfr-self-supervised" / "dfr.safetensors") and second["init"] is None
     assert (second["render"], second["hidden"], second["batch"], first["hidden"]) == (False, 48, 16, 256)
+    assert json.loads((run / "rignet-pose.config.json").read_text())["key_edits"] == 0.5  # pose's default
     assert (run / "dfr.fit-targets.safetensors").is_file() and report["training"]["distill_steps"] == 2
     assert set(report["animator"]["yaw_sweep"]["per_yaw_median"]) == {"-30", "-20", "-10", "+0", "+10", "+20", "+30"}
     assert report["training"]["layer_code"] == 8 and report["training"]["lr_schedule"] == "cosine"

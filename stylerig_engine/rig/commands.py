@@ -93,9 +93,10 @@ def register(subparsers) -> None:
                                  "e.g. stylerig_engine/data/rig/synthetic")
     everything.set_defaults(func=_train_all)
     for p in (rig, everything):
-        p.add_argument("--key-edits", type=float, default=0.5, metavar="FRACTION",
+        p.add_argument("--key-edits", type=float, default=None, metavar="FRACTION",
                        help="share of each RigNet batch edited towards the face's own reading with a few controls "
-                            "keyed, as an animator does (0: only the paper's edits towards another face; docs/rig.md)")
+                            "keyed, as an animator does (0: only the paper's edits towards another face; default 0.5 "
+                            "for pose and expression, 0 otherwise; docs/rig.md)")
         p.add_argument("--rignet-loss", default=None, metavar="NAME=VALUE,...",
                        help="override RigNet loss weights, e.g. parameter_edit=1,parameter_consistency=1 (names: "
                             "RigNetLossWeights fields, see docs/rig.md)")
@@ -190,7 +191,10 @@ def _config(args, net: str, **overrides):
 
         text = getattr(args, "rignet_loss", None) or ""
         kw["rignet_loss"] = asdict(parse_loss_weights(text, RigNetLossWeights(), "--rignet-loss"))
-        kw["key_edits"] = args.key_edits
+        from .key_edits import DEFAULT_KEY_EDITS
+
+        default = DEFAULT_KEY_EDITS.get(overrides.get("mode", ""), 0.0)  # the mode comes in the overrides
+        kw["key_edits"] = default if args.key_edits is None else args.key_edits
     kw.update(overrides)
     return TrainConfig(**kw)
 

@@ -14,6 +14,10 @@ import torch
 
 from ..params import CONTROL_MODES, ParamLayout
 
+# The share of each batch keyed, per mode, when a run does not say (--key-edits): pose and expression are keyed a
+# control at a time in the add-on; a light is moved as a whole (all 27 SH coefficients together), which the paper's
+# edits towards another face's light already resemble.
+DEFAULT_KEY_EDITS: dict[str, float] = {"pose": 0.5, "expression": 0.5}
 MAX_KEYED_ENTRIES = 3  # entries keyed per target: one control, or a few together (a mirrored pair counts once)
 MIRROR_PROBABILITY = 0.5  # a keyed entry with a left/right twin keys the twin to the same value (a smile, a blink)
 RANGE_QUANTILE = 0.005  # keyed values span DFR's readings over the corpus from this quantile to 1 − it
