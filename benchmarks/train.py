@@ -2,7 +2,7 @@
 with or without torch.compile, side by side in one run.
 
     .venv/bin/python benchmarks/train.py [--size 64] [--batch 32] [--steps 10] [--devices cpu cuda]
-        [--precisions fp32 bf16] [--compile] [--lr-scaling sqrt] [--json out.json]
+        [--precisions fp32 bf16] [--compile off|on|both] [--lr-scaling sqrt] [--json out.json]
 
 Builds a small synthetic corpus in a temporary directory, then times optimisation steps of DFR and of a pose
 RigNet, exactly as `stylerig train` runs them: per variant, one step (which pays torch.compile's compilation),
@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
     ap.add_argument("--precisions", nargs="+", default=["fp32"], help="TrainConfig.precision values to time")
-    ap.add_argument("--compile", action="store_true", help="also time every precision with torch.compile")
+    ap.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                    help="time every precision without torch.compile (off), with it (on) or both")
     ap.add_argument("--lr-scaling", default="none", help="TrainConfig.lr_scaling (the recipe's; no effect on speed)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -51,7 +52,8 @@ def main() -> None:
     from stylerig_engine.synthetic import SyntheticGenerator
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    variants = [(p, c) for c in ([False, True] if args.compile else [False]) for p in args.precisions]
+    compile_variants = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    variants = [(p, c) for c in compile_variants for p in args.precisions]
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                "torch": torch.__version__, "size": args.size, "batch": args.batch, "steps": args.steps, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
