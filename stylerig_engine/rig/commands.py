@@ -21,9 +21,20 @@ def register(subparsers) -> None:
         p.add_argument("--out", required=True, help="run directory for checkpoints, config and logs")
         p.add_argument("--steps", type=int, default=None, help="optimisation steps")
         p.add_argument("--batch", type=int, default=32, help="global batch size")
-        p.add_argument("--lr", type=float, default=None, help="Adam learning rate (peak of the schedule)")
+        p.add_argument("--lr", type=float, default=None,
+                       help="Adam learning rate (peak of the schedule) at batch 32; --lr-scaling scales it to --batch")
         p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
                        help="cosine: warm-up then cosine decay to 0 (default); constant")
+        # the choices are train.LR_SCALINGS and train.PRECISIONS, written out: building the parser imports no torch
+        p.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"), default="none",
+                       help="peak learning rate for --batch B: none (--lr as given, default), sqrt (--lr × √(B/32), "
+                            "for large batches with Adam) or linear (--lr × B/32)")
+        p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="bf16: the networks' forward in bfloat16 (autocast), renderer and losses in float32 "
+                            "(default fp32)")
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the networks: fewer kernel launches on a GPU, after tens of seconds of "
+                            "compilation")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
         p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
@@ -168,7 +179,8 @@ def _config(args, net: str, **overrides):
     defaults = {"dfr": dict(steps=1500, lr=1e-3), "rignet": dict(steps=1000, lr=3e-4)}[net]
     kw = dict(net=net, out=args.out, batch=args.batch, seed=args.seed, tensorboard=args.tensorboard,
               device=args.device, model=args.model, steps=args.steps or defaults["steps"],
-              lr=args.lr or defaults["lr"], lr_schedule=args.lr_schedule)
+              lr=args.lr or defaults["lr"], lr_schedule=args.lr_schedule, lr_scaling=args.lr_scaling,
+              precision=args.precision, compile=args.compile)
     from .losses import LossWeights
 
     weights = LossWeights()
@@ -257,7 +269,8 @@ def _train_all(args) -> int:
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,
                           "landmarks": landmarks,
-                          "lr_schedule": args.lr_schedule}
+                          "lr_schedule": args.lr_schedule, "lr_scaling": args.lr_scaling,
+                          "precision": args.precision}
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(report))

@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +37,14 @@ from .key_edits import KeyEditSampler
 from .losses import FaceLoss, LossWeights, RigNetLossWeights, dfr_loss, key_edit_loss, region_model, rignet_loss
 from .networks import DFR, RigNet
 
+# The batch every shipped recipe's learning rate was tuned at: TrainConfig.lr is the rate at this batch, and
+# lr_scaling scales it to the run's batch.
+LR_REFERENCE_BATCH = 32
+# TrainConfig.lr_scaling: the factor on the peak learning rate as a function of batch / LR_REFERENCE_BATCH.
+LR_SCALINGS = {"none": lambda ratio: 1.0, "sqrt": math.sqrt, "linear": lambda ratio: ratio}
+# TrainConfig.precision: the dtype the networks' forward runs in (under torch.autocast when not float32).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 @dataclass
 class TrainConfig:
@@ -48,7 +57,10 @@ class TrainConfig:
       dfr: DFR checkpoint a RigNet is trained against (frozen).
       steps: optimisation steps.
       batch: global batch size (split across ranks).
-      lr: Adam learning rate (the peak, for the cosine schedule).
+      lr: Adam learning rate (the peak, for the cosine schedule) at a batch of LR_REFERENCE_BATCH (32); lr_scaling
+        scales it to `batch`.
+      lr_scaling: how the peak learning rate follows the batch: "none" (lr as given), "sqrt" (lr × √(batch / 32),
+        the square-root rule for Adam, Malladi et al., NeurIPS 2022) or "linear" (lr × batch / 32).
       lr_schedule: "cosine" (linear warm-up over the first `warmup` of the steps, then cosine decay to 0;
         a function of the step, so resumed runs follow it exactly) or "constant".
       warmup: fraction of the steps spent warming up (cosine schedule).
@@ -81,6 +93,12 @@ class TrainConfig:
       log_every: steps between log lines.
       tensorboard: also write TensorBoard logs to <out>/tb (needs the tensorboard extra).
       device: "cpu", "cuda" or "cuda:N" (under torchrun, cuda uses the local rank's GPU).
+      precision: "fp32", or "bf16": the networks' forward (DFR and RigNet, also the frozen DFR of a RigNet run)
+        under torch.autocast in bfloat16, their outputs cast back to float32; the renderer and the losses stay
+        float32 (depth tests, barycentrics and small image differences need it). Weights, optimizer state and
+        checkpoints stay float32; bfloat16 needs no loss scaling.
+      compile: torch.compile the networks for the training steps (fewer kernel launches; the first step pays the
+        compilation, tens of seconds). Checkpoints are the same as without it.
     """
 
     net: str
@@ -110,6 +128,9 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     device: str = "cpu"
+    lr_scaling: str = "none"
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self):
         if self.net not in ("dfr", "rignet"):
@@ -130,15 +151,25 @@ class TrainConfig:
         if self.lr_schedule not in ("cosine", "constant") or not 0 <= self.warmup < 1:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant' and warmup in [0, 1), got "
                              f"{self.lr_schedule!r}, {self.warmup}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {self.lr_scaling!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def peak_lr(self) -> float:
+        """lr scaled from LR_REFERENCE_BATCH to the run's batch by lr_scaling."""
+        return self.lr * LR_SCALINGS[self.lr_scaling](self.batch / LR_REFERENCE_BATCH)
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of 0-based step `step`."""
+        peak = self.peak_lr
         if self.lr_schedule == "constant":
-            return self.lr
+            return peak
         warm = max(1, round(self.warmup * self.steps))
         if step < warm:
-            return self.lr * (step + 1) / warm
-        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
+            return peak * (step + 1) / warm
+        return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, self.steps - warm)))
 
     @property
     def name(self) -> str:
@@ -282,8 +313,9 @@ def distill_term(layout, params: torch.Tensor, targets: torch.Tensor,
 
 
 # ---- RigNet's step ---------------------------------------------------------------------------------------
-def _rignet_step(loss: FaceLoss, dfr: DFR, rignet: RigNet, keys: KeyEditSampler | None, cfg: TrainConfig,
-                 ws: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def _rignet_step(loss: FaceLoss, dfr: DFR | _Autocast, rignet: RigNet | _Autocast, keys: KeyEditSampler | None,
+                 cfg: TrainConfig, ws: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict]:
     """RigNet's loss on one batch: the first round(key_edits · B) latents are edited towards keyed targets
     (key_edit_loss), each of the others towards the next one's reading (rignet_loss); weighted by their counts."""
     weights = RigNetLossWeights(**cfg.rignet_loss)
@@ -304,6 +336,37 @@ def _rignet_step(loss: FaceLoss, dfr: DFR, rignet: RigNet, keys: KeyEditSampler 
 
 
 # ---- the run --------------------------------------------------------------------------------------------
+class _Autocast:
+    """A network whose forward runs under torch.autocast in `dtype` and returns float32 (TrainConfig.precision),
+    so that what follows it (renderer, losses) stays float32. Its other attributes are the network's, so that
+    rignet_loss takes it in the network's place."""
+
+    def __init__(self, net: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        self.net, self.device_type, self.dtype = net, device_type, dtype
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.net(*args)
+        return out.float()
+
+    def __getattr__(self, name: str):
+        return getattr(self.net, name)
+
+
+Network = TypeVar("Network", bound=torch.nn.Module)
+
+
+def _in_precision(net: Network, precision: str, device: str) -> Network | _Autocast:
+    """net itself for fp32, else net under autocast (_Autocast)."""
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float32:
+        return net
+    device_type = torch.device(device).type
+    if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision {precision}: this GPU does not support bfloat16; use fp32")
+    return _Autocast(net, device_type, dtype)
+
+
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
     tensors = {"step": torch.tensor(step), "rng": torch.get_rng_state()}
     for i, state in optimizer.state_dict()["state"].items():
@@ -382,11 +445,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         targets = landmark_fit_targets(corpus, teacher, renderer, out / "dfr.fit-targets.safetensors",
                                        progress=progress).to(device)
         del teacher
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    # one fused kernel for the whole update on CUDA; elsewhere Adam's default (foreach on CUDA, per-tensor on CPU)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True if torch.device(device).type == "cuda"
+                                 else None)
     step = 0
     if resume and ckpt.exists() and state_path.exists():
         net.load_state_dict(load_network(ckpt, device).state_dict())
         step = _load_state(state_path, optimizer)
+    if cfg.compile:  # in place (nn.Module.compile): the state_dict keys, and so the checkpoints, stay the same
+        for network in (net, dfr):
+            if network is not None:
+                network.compile()
+    forward = _in_precision(net, cfg.precision, device)
+    dfr_forward = _in_precision(dfr, cfg.precision, device) if isinstance(dfr, DFR) else None
     if rank == 0:
         cfg.save(config_path)
     writer = None
@@ -406,22 +477,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             if not cfg.render:  # distillation alone, a regression on the target table: no images to read
                 assert targets is not None  # render=False needs distill (TrainConfig)
                 ws = torch.from_numpy(corpus.read_rows(idx, names=("ws",))["ws"]).float().to(device)
-                distilled = distill_term(layout, net(ws), targets[torch.as_tensor(idx, device=device)],
+                distilled = distill_term(layout, forward(ws), targets[torch.as_tensor(idx, device=device)],
                                          tuple(name for name, _ in layout.sizes))
                 total = cfg.distill * distilled
                 stats = {"loss": total.item(), "distill": distilled.item()}
-            elif dfr is None:
+            elif dfr_forward is None:
                 ws, images, landmarks = load_batch(corpus, idx, device)
-                params = net(ws)
+                params = forward(ws)
                 total, stats = dfr_loss(loss, params, images, landmarks)
                 if targets is not None:
                     distilled = distill_term(layout, params, targets[torch.as_tensor(idx, device=device)])
                     total = total + cfg.distill * distilled
                     stats["distill"] = distilled.item()
             else:
-                assert isinstance(dfr, DFR) and isinstance(net, RigNet)  # a RigNet run (set up above)
+                assert not isinstance(forward, DFR)  # a RigNet run (set up above)
                 ws, images, landmarks = load_batch(corpus, idx, device)
-                total, stats = _rignet_step(loss, dfr, net, keys, cfg, ws, images, landmarks)
+                total, stats = _rignet_step(loss, dfr_forward, forward, keys, cfg, ws, images, landmarks)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             _average_gradients(net.parameters())
