@@ -52,7 +52,8 @@ def run_preflight(generator: str, out: str | os.PathLike, *, count: int = 8, bat
     out = Path(out)
     report: dict = {"generator": generator, "device": device, "count": count, "batch": batch, "steps": steps}
     common = ["train", "all", "--generator", generator, "--landmarks", "preflight", "--count", str(count),
-              "--batch", str(batch), "--eval-count", str(eval_count), "--modes", modes, "--out", str(out),
+              "--batch", str(batch), "--distill-batch", str(batch), "--eval-count", str(eval_count), "--modes", modes,
+              "--out", str(out),
               "--device", device, "--mixing", "5"]
     if threads:
         common += ["--threads", str(threads)]
