@@ -185,17 +185,21 @@ def rignet_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, v: torch.Tensor
     total = weights.reconstruction * rec
     stats = {"rec": rec.mean().item()}
     if weights.edit:
-        edit_terms = loss.data_terms(p_edit, image_v, landmarks_v)
-        total = total + weights.edit * loss.weighted(edit_terms)
-        stats.update({f"edit_{k}": t.mean().item() for k, t in edit_terms.items()})
+        total = total + weights.edit * _render_term(loss, "edit", p_edit, image_v, landmarks_v, stats)
     if weights.consistency:
-        consist_terms = loss.data_terms(p_consist, image_w, landmarks_w)
-        total = total + weights.consistency * loss.weighted(consist_terms)
-        stats.update({f"consist_{k}": t.mean().item() for k, t in consist_terms.items()})
+        total = total + weights.consistency * _render_term(loss, "consist", p_consist, image_w, landmarks_w, stats)
     if weights.parameter_edit or weights.parameter_consistency:
         total = total + _parameter_terms(layout, blocks, p_hat, p_v.detach(), p_w.detach(), weights, stats)
     total = total.mean()
     return total, {"loss": total.item(), **stats}
+
+
+def _render_term(loss: FaceLoss, name: str, params: torch.Tensor, images: torch.Tensor, landmarks: torch.Tensor,
+                 stats: dict[str, float]) -> torch.Tensor:
+    """(B,) weighted photometric + landmark terms of params against images; adds each term to stats as name_term."""
+    terms = loss.data_terms(params, images, landmarks)
+    stats.update({f"{name}_{k}": t.mean().item() for k, t in terms.items()})
+    return loss.weighted(terms)
 
 
 def _parameter_terms(layout: ParamLayout, blocks, p_hat: torch.Tensor, p_target: torch.Tensor, p_w: torch.Tensor,
@@ -212,24 +216,24 @@ def _parameter_terms(layout: ParamLayout, blocks, p_hat: torch.Tensor, p_target:
 
 
 def key_edit_loss(loss: FaceLoss, dfr, rignet, *, w: torch.Tensor, target: torch.Tensor, image_w: torch.Tensor,
-                  landmarks_w: torch.Tensor, weights: RigNetLossWeights | None = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+                  landmarks_w: torch.Tensor, weights: RigNetLossWeights | None = None,
+                  p_w: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """RigNet's loss for edits towards targets (B, D) that no image shows (key_edits.KeyEditSampler: a face's own
     reading with a few controls keyed): ŵ = RigNet(w, target); the parameter terms (F(ŵ)'s controlled blocks
     against the target, its other blocks against F(w)) and L_consist (F(w) with F(ŵ)'s other blocks, rendered
-    against I_w). L_edit has no image to compare with, and L_rec is rignet_loss's."""
+    against I_w). L_edit has no image to compare with, and L_rec is rignet_loss's. p_w: F(w), when the caller
+    has already read it (the targets are keyed on it)."""
     weights = weights or RigNetLossWeights()
     if target.shape != (len(w), loss.layout.dim):
         raise ValueError(f"target must be ({len(w)}, {loss.layout.dim}), got {tuple(target.shape)}")
     layout = loss.layout
     blocks = CONTROL_MODES[rignet.mode]
-    p_w = dfr(w).detach()
+    p_w = (dfr(w) if p_w is None else p_w).detach()
     p_hat = dfr(rignet(w, target))
     stats: dict[str, float] = {}
     total = _parameter_terms(layout, blocks, p_hat, target, p_w, weights, stats)
     if weights.consistency:
-        consist_terms = loss.data_terms(layout.replace(p_hat, p_w, blocks), image_w, landmarks_w)
-        total = total + weights.consistency * loss.weighted(consist_terms)
-        stats.update({f"consist_{k}": t.mean().item() for k, t in consist_terms.items()})
+        p_consist = layout.replace(p_hat, p_w, blocks)
+        total = total + weights.consistency * _render_term(loss, "consist", p_consist, image_w, landmarks_w, stats)
     total = total.mean()
     return total, {"loss": total.item(), **stats}

@@ -327,9 +327,9 @@ def _rignet_step(loss: FaceLoss, dfr: DFR | _Autocast, rignet: RigNet | _Autocas
     if n:
         assert keys is not None
         with torch.no_grad():
-            targets = keys(dfr(ws[:n]))
-        keyed, key_stats = key_edit_loss(loss, dfr, rignet, w=ws[:n], target=targets, image_w=images[:n],
-                                         landmarks_w=landmarks[:n], weights=weights)
+            start = dfr(ws[:n])
+        keyed, key_stats = key_edit_loss(loss, dfr, rignet, w=ws[:n], target=keys(start), image_w=images[:n],
+                                         landmarks_w=landmarks[:n], weights=weights, p_w=start)
         total = (total * (len(ws) - n) + keyed * n) / len(ws)
         stats = {**stats, "loss": total.item(), **{f"key_{k}": v for k, v in key_stats.items() if k != "loss"}}
     return total, stats
@@ -471,6 +471,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, disable=not progress or rank != 0, unit="step")
     log = open(out / f"{cfg.name}.log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 (closed below)
     t0, samples = time.perf_counter(), 0
+    every_block = tuple(name for name, _ in layout.sizes)  # what a render-free student learns
     try:
         while step < cfg.steps:
             idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
@@ -478,7 +479,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 assert targets is not None  # render=False needs distill (TrainConfig)
                 ws = torch.from_numpy(corpus.read_rows(idx, names=("ws",))["ws"]).float().to(device)
                 distilled = distill_term(layout, forward(ws), targets[torch.as_tensor(idx, device=device)],
-                                         tuple(name for name, _ in layout.sizes))
+                                         every_block)
                 total = cfg.distill * distilled
                 stats = {"loss": total.item(), "distill": distilled.item()}
             elif dfr_forward is None:
