@@ -721,3 +721,138 @@ def test_rignet_training_with_key_edits(corpus, tmp_path):
                 dict(net="rignet", mode="pose", dfr="d", key_edits=0.5, rignet_loss={"parameter_edit": 0.0})):
         with pytest.raises(ValueError, match="key_edits"):
             TrainConfig(corpus="c", out="o", **bad)
+
+
+def test_edited_latents_teach_the_student_where_rignets_edit(corpus, tmp_path, monkeypatch):
+    """edited_by: corpus latents edited by a rig's RigNets (only on their layers, reproducibly), fitted to their own
+    landmarks (the generator's), cached, and mixed into every student batch at edited_share."""
+    from stylerig_engine.corpus import Corpus
+    from stylerig_engine.rig import edited_latents
+    from stylerig_engine.rig.evaluate import rotation_error_deg
+    from stylerig_engine.rig.train import TrainConfig, _student_batch, train
+
+    root, G = corpus
+    teacher = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "rig"), batch=8, hidden=32,
+                                steps=2), progress=False)
+    teacher_net = load_network(teacher)
+    torch.manual_seed(1)
+    pose = RigNet("pose", teacher_net.layout, num_ws=G.num_ws, w_dim=G.w_dim)
+    torch.nn.init.normal_(pose.decoder_out.weight, std=0.05)  # a RigNet that edits noticeably
+    pose.normaliser.set_statistics(teacher_net.normaliser.w_avg[None] + torch.randn(64, G.num_ws, G.w_dim))
+    save_network(pose, tmp_path / "rig" / "rignet-pose.safetensors")
+
+    cfg = dict(net="dfr", corpus=str(root), batch=16, hidden=32, distill=1.0, render=False, teacher=str(teacher),
+               edited_by=str(tmp_path / "rig"), edited_count=20, edited_share=0.5)
+    train(TrainConfig(out=str(tmp_path / "s"), steps=2, **cfg), progress=False)
+    from safetensors.torch import load_file
+
+    table = load_file(str(tmp_path / "s" / "dfr.edited-targets.safetensors"))
+    edited, targets = table["ws"], table["targets"]
+    assert edited.shape == (20, G.num_ws, G.w_dim) and targets.shape == (20, teacher_net.layout.dim)
+    c = Corpus(root)
+    start = torch.from_numpy(c.read_rows(edited_latents.edited_rows(c, 20, 0), names=("ws",))["ws"]).float()
+    moved = (edited - start).abs().amax(dim=(0, 2)) > 1e-4
+    assert moved.nonzero().flatten().tolist() == list(pose.layers)  # only the RigNet's layers change
+    truth = G.true_params(edited)
+    rot = teacher_net.layout.slice("rotation")
+    with torch.no_grad():
+        reading = teacher_net(edited)
+    assert rotation_error_deg(targets[:, rot], truth[:, rot]).median() < \
+        0.5 * rotation_error_deg(reading[:, rot], truth[:, rot]).median()  # fitted to the edited faces' landmarks
+    appearance = torch.as_tensor(teacher_net.layout.mask(["albedo", "illumination"]))
+    assert torch.allclose(targets[:, appearance], reading[:, appearance], atol=1e-5)
+
+    editor = edited_latents.LatentEditor(tmp_path / "rig", teacher_net, start)
+    assert torch.equal(editor(start, 3), editor(start, 3)) and not torch.equal(editor(start, 3), editor(start, 4))
+
+    # every batch: round(share · batch) rows from the edited table, the rest from the corpus table
+    run = TrainConfig(out=str(tmp_path / "s"), steps=2, **cfg)
+    fits = torch.zeros(len(c), teacher_net.layout.dim)
+    ws, wanted = _student_batch(c, fits, table, run, 0, 0, 1)
+    from_edited = (ws[:, None] == edited[None]).flatten(2).all(2).any(1)
+    assert len(ws) == 16 and int(from_edited.sum()) == 8
+    assert torch.equal(wanted[from_edited].abs().sum(1) > 0, torch.ones(8, dtype=torch.bool))
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the cached edited table was recomputed")
+
+    monkeypatch.setattr(edited_latents, "edited_fit_chunk", refit)  # same rig, teacher, count, seed: cached
+    train(TrainConfig(out=str(tmp_path / "s"), steps=3, **cfg), resume=True, progress=False)
+    for bad in (dict(cfg, render=True, teacher=None), dict(cfg, edited_share=1.0), dict(cfg, edited_count=0),
+                dict(cfg, edited_by=None)):
+        with pytest.raises(ValueError, match="edited"):
+            TrainConfig(out="o", **bad)
+
+
+def test_train_dfr_edited_by_from_the_command_line(corpus, tmp_path):
+    """--edited-by makes a render-free run learn edited latents too; --edited-count defaults to half the corpus."""
+    from stylerig_engine.cli import main
+    from stylerig_engine.rig.train import TrainConfig, train
+
+    root, G = corpus
+    teacher = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "rig"), batch=8, hidden=32,
+                                steps=1), progress=False)
+    train(TrainConfig(net="rignet", mode="expression", dfr=str(teacher), corpus=str(root), out=str(tmp_path / "rig"),
+                      steps=1, batch=8, hidden=16), progress=False)
+    assert main(["train", "dfr", "--corpus", str(root), "--out", str(tmp_path / "s"), "--steps", "1", "--batch", "8",
+                 "--hidden", "16", "--distill", "1", "--no-render", "--teacher", str(teacher), "--edited-by",
+                 str(tmp_path / "rig")]) == 0
+    config = json.loads((tmp_path / "s" / "dfr.config.json").read_text())
+    assert (config["edited_by"], config["edited_count"], config["edited_share"]) == (str(tmp_path / "rig"), 24, 0.33)
+    assert (tmp_path / "s" / "dfr.edited-targets.safetensors").is_file()
+
+
+def test_a_shared_code_rignet_starts_from_a_paper_rignet_and_roundtrips(corpus, layout, tmp_path):
+    """shared_code: each layer's decoder also sees every controlled layer's code; from a paper RigNet's checkpoint
+    it starts as that network exactly, then learns; it survives a checkpoint; only RigNet runs take it."""
+    from stylerig_engine.rig.train import TrainConfig, _initialise_from, train
+
+    root, G = corpus
+    dfr = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path), steps=1, batch=8, hidden=32),
+                progress=False)
+    paper = train(TrainConfig(net="rignet", mode="pose", dfr=str(dfr), corpus=str(root), out=str(tmp_path / "p"),
+                              steps=3, batch=8, hidden=32), progress=False)
+    shared = RigNet("pose", layout, num_ws=G.num_ws, w_dim=G.w_dim, hidden=32, shared_code=True)
+    _initialise_from(shared, str(paper))
+    w, target = torch.randn(3, G.num_ws, G.w_dim), torch.randn(3, layout.dim)
+    with torch.no_grad():
+        assert torch.equal(shared(w, target), load_network(paper)(w, target))
+    tuned = train(TrainConfig(net="rignet", mode="pose", dfr=str(dfr), corpus=str(root), out=str(tmp_path / "s"),
+                              steps=3, batch=8, hidden=32, shared_code=True, init=str(paper), lr=1e-2),
+                  progress=False)
+    net = load_network(tuned)
+    assert net.context is not None and float(net.context.weight.detach().abs().max()) > 0  # it learned
+    with torch.no_grad():
+        assert not torch.allclose(net(w, target), load_network(paper)(w, target))
+    save_network(net, tmp_path / "copy.safetensors")
+    with torch.no_grad():
+        assert torch.equal(load_network(tmp_path / "copy.safetensors")(w, target), net(w, target))
+    with pytest.raises(ValueError, match="shapes differ"):  # a shared-code network cannot start a paper one
+        _initialise_from(RigNet("pose", layout, num_ws=G.num_ws, w_dim=G.w_dim, hidden=32), str(tuned))
+    with pytest.raises(ValueError, match="shared_code"):
+        TrainConfig(net="dfr", corpus="c", out="o", shared_code=True)
+
+
+def test_train_all_reader_rounds_fine_tune_dfr_on_edited_latents(tmp_path, capsys):
+    """--reader-rounds 2: round 2 fine-tunes the student on its own fits and on round 1's RigNets' edits, then the
+    RigNets through it; the rig (evaluated and shipped) is round 2's."""
+    from stylerig_engine.cli import main
+
+    run, ship = tmp_path / "run", tmp_path / "ship"
+    common = ["train", "all", "--generator", "synthetic:32", "--count", "24", "--batch", "8", "--dfr-steps", "2",
+              "--distill-steps", "4", "--rignet-steps", "2", "--modes", "pose", "--eval-count", "8", "--layer-code",
+              "8", "--distill-hidden", "32", "--distill-batch", "8", "--out", str(run)]
+    assert main([*common, "--reader-rounds", "2", "--shared-code", "--ship", str(ship)]) == 0
+    second = json.loads((run / "round-2" / "dfr.config.json").read_text())
+    assert (second["edited_by"], second["init"], second["teacher"]) == (str(run), str(run / "dfr.safetensors"),
+                                                                      str(run / "dfr.safetensors"))
+    assert (second["steps"], second["edited_count"], second["render"]) == (2, 12, False)
+    pose = json.loads((run / "round-2" / "rignet-pose.config.json").read_text())
+    assert (pose["dfr"], pose["init"], pose["shared_code"]) == (str(run / "round-2" / "dfr.safetensors"),
+                                                                str(run / "rignet-pose.safetensors"), True)
+    assert (run / "round-2" / "dfr.edited-targets.safetensors").is_file()
+    report = json.loads((ship / "evaluation.json").read_text())
+    assert report["training"]["reader_rounds"] == 2 and report["training"]["shared_code"] is True
+    assert json.loads((ship / "dfr.config.json").read_text())["edited_by"] == str(run)
+    assert main([*common, "--reader-rounds", "0"]) == 2
+    assert "--reader-rounds" in capsys.readouterr().err

@@ -129,7 +129,7 @@ def save_network(net: DFR | RigNet, path: str | os.PathLike, *, extra: dict | No
         desc = dict(kind="dfr", hidden=net.net[0].out_features, layer_code=net.layer_code)
     else:
         desc = dict(kind="rignet", mode=net.mode, layers=list(net.layers), latent_dim=net.encoder.weight.shape[-1],
-                    hidden=net.decoder_hidden.weight.shape[-1])
+                    hidden=net.decoder_hidden.weight.shape[-1], shared_code=net.context is not None)
     desc.update(format=FORMAT, num_ws=net.num_ws, w_dim=net.w_dim, layout=net.layout.describe(), extra=extra or {})
     if generator is not None:
         desc["generator"] = dict(generator)
@@ -170,7 +170,8 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
                                    layer_code=desc.get("layer_code", 0))
         elif desc["kind"] == "rignet":
             net = RigNet(desc["mode"], layout, num_ws=desc["num_ws"], w_dim=desc["w_dim"],
-                         layers=tuple(desc["layers"]), latent_dim=desc["latent_dim"], hidden=desc["hidden"])
+                         layers=tuple(desc["layers"]), latent_dim=desc["latent_dim"], hidden=desc["hidden"],
+                         shared_code=bool(desc.get("shared_code", False)))
         else:
             raise CheckpointError(f"{path}: unknown network kind {desc['kind']!r}")
     except (KeyError, TypeError, ValueError) as e:

@@ -10,6 +10,8 @@ from pathlib import Path
 from ..fileio import atomic_write
 from ..params import CONTROL_MODES, PAPER_MODES
 
+EDITED_SHARE = 0.33  # of a render-free DFR's batch, drawn from edited latents (--edited-share, train all's rounds)
+
 
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train DFR and RigNets on a corpus (or everything: train all)")
@@ -63,12 +65,23 @@ def register(subparsers) -> None:
     dfr.add_argument("--no-render", dest="render", action="store_false",
                      help="with --distill: learn from the distillation targets alone, every block, without rendering "
                           "(a regression, far cheaper per step; docs/rig.md)")
+    dfr.add_argument("--edited-by", default=None, metavar="RIG_DIR",
+                     help="with --no-render: also learn corpus latents edited by this rig's RigNets, with their "
+                          "landmark fits as targets, so that DFR reads where RigNet edits go (docs/rig.md)")
+    dfr.add_argument("--edited-count", type=int, default=None,
+                     help="with --edited-by: how many edited latents (default: half the corpus)")
+    dfr.add_argument("--edited-share", type=float, default=EDITED_SHARE,
+                     help="with --edited-by: the share of every batch drawn from the edited latents (default "
+                          f"{EDITED_SHARE})")
     dfr.set_defaults(func=_train_one, net="dfr")
     rig = kinds.add_parser("rignet", help="train the RigNet of one control mode against a trained DFR")
     common(rig)
     rig.add_argument("--mode", required=True, choices=sorted(CONTROL_MODES))
     rig.add_argument("--dfr", required=True, help="DFR checkpoint (dfr.safetensors)")
     rig.add_argument("--layers", default=None, help="W+ layers the mode may change, e.g. 0-4 or 0,1,2")
+    rig.add_argument("--shared-code", action="store_true",
+                     help="each layer's decoder also sees the codes of all the mode's layers (the face's whole state; "
+                          "docs/rig.md); --init may be a RigNet without it")
     for p in (dfr, rig):
         p.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="start from this checkpoint's weights (fine-tuning; same kind and shape)")
@@ -96,6 +109,14 @@ def register(subparsers) -> None:
     everything.add_argument("--distill-batch", type=int, default=256, help="batch of the second stage")
     everything.add_argument("--distill-hidden", type=int, default=1024,
                             help="hidden width of the second stage's DFR (the one RigNets learn through)")
+    everything.add_argument("--reader-rounds", type=int, default=1,
+                            help="rounds of DFR and RigNets: each round after the first fine-tunes the render-free DFR "
+                                 "on latents the previous round's RigNets edited (--edited-by) as well, then the "
+                                 "RigNets through it, so that RigNets cannot exploit what DFR misreads (docs/rig.md)")
+    everything.add_argument("--round-steps", type=float, default=0.5,
+                            help="steps of each later round, as a fraction of --distill-steps and --rignet-steps")
+    everything.add_argument("--shared-code", action="store_true",
+                            help="RigNets whose layers all see the codes of all the mode's layers (docs/rig.md)")
     everything.add_argument("--rignet-steps", type=int, default=1000)
     everything.add_argument("--rignet-batch", type=int, default=None, help="RigNet batch (default: --batch)")
     everything.add_argument("--eval-count", type=int, default=256)
@@ -189,6 +210,9 @@ def _config(args, net: str, **overrides):
         for name in ("hidden", "teacher", "render"):
             if hasattr(args, name):
                 kw[name] = getattr(args, name)
+        if getattr(args, "edited_by", None):
+            kw.update(edited_by=args.edited_by, edited_share=args.edited_share,
+                      edited_count=args.edited_count or _corpus_size(overrides["corpus"]) // 2)
         if args.reg is not None:
             weights = LossWeights.with_reg(args.reg)
     if getattr(args, "loss", None):
@@ -211,12 +235,18 @@ def _config(args, net: str, **overrides):
     return TrainConfig(**kw)
 
 
+def _corpus_size(root: str) -> int:
+    from ..corpus import Corpus
+
+    return len(Corpus(root))
+
+
 def _train_one(args) -> int:
     from .train import train
 
     extra = {}
     if args.net == "rignet":
-        extra = dict(mode=args.mode, dfr=args.dfr, layers=parse_layers(args.layers))
+        extra = dict(mode=args.mode, dfr=args.dfr, layers=parse_layers(args.layers), shared_code=args.shared_code)
     cfg = _config(args, args.net, corpus=args.corpus, **extra)
     path = train(cfg, resume=args.resume)
     print(f"wrote {path}")
@@ -230,6 +260,11 @@ def _train_all(args) -> int:
     from .evaluate import evaluate, format_table
     from .train import train
 
+    if args.reader_rounds < 1 or (args.reader_rounds > 1 and not args.distill_steps) or \
+            not 0 < args.round_steps <= 1:
+        print("stylerig train all: error: --reader-rounds must be >= 1 (later rounds need --distill-steps) and "
+              "--round-steps in (0, 1]", file=sys.stderr)
+        return 2
     _set_threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,10 +290,23 @@ def _train_all(args) -> int:
                           hidden=args.distill_hidden, render=False)
         dfr_path = train(dfr_cfg, resume=args.resume or (out / "dfr.safetensors").exists())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for mode in modes:
-        cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=args.rignet_steps,
-                      batch=args.rignet_batch or args.batch)
-        train(cfg, resume=args.resume or (out / f"rignet-{mode}.safetensors").exists())
+    rounds = [out] + [out / f"round-{r}" for r in range(2, args.reader_rounds + 1)]
+    for r, where in enumerate(rounds):
+        later = dict(steps=max(1, round(args.round_steps * args.distill_steps)), init=str(dfr_path)) if r else {}
+        if r:  # the previous round's DFR, fine-tuned on its own landmark fits and on its RigNets' edits
+            dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), out=str(where), teacher=str(dfr_path),
+                              distill=args.distill, lr=args.distill_lr, batch=args.distill_batch,
+                              hidden=args.distill_hidden, render=False, edited_by=str(rounds[r - 1]),
+                              edited_count=_corpus_size(str(corpus_dir)) // 2, edited_share=EDITED_SHARE,
+                              **later)
+            dfr_path = train(dfr_cfg, resume=args.resume or (where / "dfr.safetensors").exists())
+        for mode in modes:
+            steps = max(1, round(args.round_steps * args.rignet_steps)) if r else args.rignet_steps
+            init = {"init": str(rounds[r - 1] / f"rignet-{mode}.safetensors")} if r else {}
+            cfg = _config(args, "rignet", corpus=str(corpus_dir), mode=mode, dfr=str(dfr_path), steps=steps,
+                          batch=args.rignet_batch or args.batch, out=str(where), shared_code=args.shared_code, **init)
+            train(cfg, resume=args.resume or (where / f"rignet-{mode}.safetensors").exists())
+    out = rounds[-1]  # the rig: the last round's networks
     stamp_generator(out, generator, args.generator, configs=False)  # (--resume reads the configs as written)
     rig = load_rig(out)
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
@@ -266,6 +314,8 @@ def _train_all(args) -> int:
                           "dfr_steps": args.dfr_steps, "distill_steps": args.distill_steps, "distill": args.distill,
                           "distill_batch": args.distill_batch, "distill_hidden": args.distill_hidden,
                           "rignet_steps": args.rignet_steps, "batch": args.batch,
+                          "reader_rounds": args.reader_rounds, "round_steps": args.round_steps,
+                          "shared_code": args.shared_code,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,
                           "landmarks": landmarks,

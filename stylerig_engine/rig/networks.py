@@ -122,6 +122,11 @@ class RigNet(nn.Module):
       layers: the W+ layers this mode may change (default: default_layers(mode, num_ws)).
       latent_dim: encoder output width (32 in the paper).
       hidden: decoder hidden width.
+      shared_code: each layer's decoder also sees the codes of all the mode's layers (through `context`, added
+        to its hidden pre-activation). In the paper each layer's offset depends on its own layer and the target
+        only, but how far to move depends on the face's current state, which the mode's layers carry together
+        (pose is mixed over layers 0-6). `context` starts at zero, so a paper RigNet's checkpoint starts such a
+        network unchanged (fine-tuning).
     """
 
     block_index: torch.Tensor  # buffers
@@ -130,7 +135,8 @@ class RigNet(nn.Module):
     prior_std: torch.Tensor
 
     def __init__(self, mode: str, layout: ParamLayout, *, num_ws: int, w_dim: int,
-                 layers: tuple[int, ...] | None = None, latent_dim: int = 32, hidden: int = 256):
+                 layers: tuple[int, ...] | None = None, latent_dim: int = 32, hidden: int = 256,
+                 shared_code: bool = False):
         super().__init__()
         if mode not in CONTROL_MODES:
             raise ValueError(f"unknown control mode {mode!r}; modes are {sorted(CONTROL_MODES)}")
@@ -148,6 +154,7 @@ class RigNet(nn.Module):
         self.encoder = PerLayerLinear(n, w_dim, latent_dim)
         self.decoder_hidden = PerLayerLinear(n, latent_dim + p_dim, hidden)
         self.decoder_out = PerLayerLinear(n, hidden, w_dim, zero=True)  # starts as the identity edit
+        self.context = PerLayerLinear(n, n * latent_dim, hidden, zero=True) if shared_code else None
         self.register_buffer("prior_mean", torch.as_tensor(layout.prior_mean, dtype=torch.float32))
         self.register_buffer("prior_std", torch.as_tensor(layout.prior_std, dtype=torch.float32))
 
@@ -163,7 +170,10 @@ class RigNet(nn.Module):
         x = self.normaliser(ws).index_select(1, self.layer_index)  # (B, n, w_dim)
         code = self.encoder(x)
         target = self.target(params)[:, None, :].expand(-1, code.shape[1], -1)
-        h = nn.functional.elu(self.decoder_hidden(torch.cat([code, target], -1)))
+        pre = self.decoder_hidden(torch.cat([code, target], -1))
+        if self.context is not None:
+            pre = pre + self.context(code.flatten(1)[:, None, :].expand(-1, code.shape[1], -1))
+        h = nn.functional.elu(pre)
         d_layers = self.decoder_out(h) * self.normaliser.w_std  # back to latent units
         d = torch.zeros_like(ws)
         return d.index_copy(1, self.layer_index, d_layers)

@@ -97,6 +97,12 @@ class TrainConfig:
         under torch.autocast in bfloat16, their outputs cast back to float32; the renderer and the losses stay
         float32 (depth tests, barycentrics and small image differences need it). Weights, optimizer state and
         checkpoints stay float32; bfloat16 needs no loss scaling.
+      shared_code: RigNet runs: each layer's decoder also sees all the mode's layers' codes (networks.RigNet).
+      edited_by: render-free DFR runs (render=False): a trained rig directory whose RigNets edit corpus latents;
+        the student also learns these edited latents, with their landmark fits as targets (edited_latents), so
+        that it reads where RigNets edit to. None: the corpus alone.
+      edited_count: how many edited latents (their fits are cached in <out>/dfr.edited-targets.safetensors).
+      edited_share: the share of every batch drawn from the edited latents.
       compile: torch.compile the networks for the training steps (fewer kernel launches; the first step pays the
         compilation, tens of seconds). Checkpoints are the same as without it.
     """
@@ -121,6 +127,10 @@ class TrainConfig:
     teacher: str | None = None
     render: bool = True
     key_edits: float = 0.0
+    shared_code: bool = False
+    edited_by: str | None = None
+    edited_count: int = 0
+    edited_share: float = 0.0
     generator: dict | None = None  # the generator's identity, stamped by checkpoints.stamp_generator
     loss: dict = field(default_factory=lambda: asdict(LossWeights()))
     rignet_loss: dict = field(default_factory=lambda: asdict(RigNetLossWeights()))
@@ -143,6 +153,13 @@ class TrainConfig:
             raise ValueError(f"distill must be >= 0 and is for DFR runs only, got {self.distill} for {self.net}")
         if (self.teacher or not self.render) and (self.net != "dfr" or not self.distill):
             raise ValueError("teacher and render=False are for DFR runs with distill > 0 (distillation)")
+        if self.shared_code and self.net != "rignet":
+            raise ValueError("shared_code is for RigNet runs")
+        if self.edited_by is not None and (self.render or not 0 < self.edited_share < 1 or self.edited_count < 1):
+            raise ValueError("edited_by is for render-free DFR runs (render=False) and needs edited_count >= 1 and "
+                             f"edited_share in (0, 1), got {self.edited_count} and {self.edited_share}")
+        if self.edited_by is None and (self.edited_count or self.edited_share):
+            raise ValueError("edited_count and edited_share need edited_by (the rig whose RigNets edit)")
         if not 0 <= self.key_edits < 1 or (self.key_edits and self.net != "rignet"):
             raise ValueError(f"key_edits must be in [0, 1) and is for RigNet runs only, got {self.key_edits} for "
                              f"{self.net}")
@@ -237,32 +254,36 @@ def _initialise_from(net: DFR | RigNet, path: str) -> None:
         raise ValueError(f"--init {path}: a {type(source).__name__} checkpoint cannot start a {net.__class__.__name__}"
                          + (f" for mode {net.mode!r}" if isinstance(net, RigNet) else ""))
     theirs, ours = source.state_dict(), net.state_dict()
-    mismatch = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    # a paper RigNet may start one with a shared code: its context layer starts at zero (networks.RigNet)
+    grown = {k for k in ours if k.startswith("context.") and k not in theirs}
+    mismatch = [k for k in ours if k not in grown and (k not in theirs or theirs[k].shape != ours[k].shape)]
+    mismatch += [k for k in theirs if k not in ours]
     if mismatch:
         raise ValueError(f"--init {path}: its shapes differ from this run's network ({', '.join(mismatch[:4])})")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in theirs.items()})
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in theirs.items()}, strict=not grown)
 
 
 # ---- landmark-fit distillation -------------------------------------------------------------------------
 DISTILL_BLOCKS = ("expression", "rotation", "translation")  # what a face's 68 landmarks pin down per image
 
 
-def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 1024,
-                         progress: bool = True) -> torch.Tensor:
-    """(N, D) landmark fits of every corpus sample, started from dfr's reading; cached at `path` (atomic).
+def _network_hash(net: torch.nn.Module) -> str:
+    return hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
+                                   for v in net.state_dict().values())).hexdigest()[:16]
 
-    Under torchrun every rank fits every world-th chunk and rank 0 assembles the table; call on every rank."""
-    from .fitting import fit_landmarks
 
-    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)),
-           "dfr": hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
-                                          for v in dfr.state_dict().values())).hexdigest()[:16]}
+def chunked_table(path: Path, key: dict[str, str], chunks: int, compute, *, desc: str,
+                  progress: bool = True) -> dict[str, torch.Tensor]:
+    """A table computed chunk by chunk and cached at `path` (atomic; reused while its metadata equals `key`):
+    compute(k) -> {name: (n_k, ...) tensor} for chunk k in range(chunks); the chunks' rows are concatenated in
+    order. Under torchrun every rank computes every world-th chunk and rank 0 assembles the table; call on every
+    rank."""
 
-    def cached() -> torch.Tensor | None:
+    def cached() -> dict[str, torch.Tensor] | None:
         if path.is_file():
             with safe_open(str(path), "pt") as f:
                 if f.metadata() == key:
-                    return f.get_tensor("targets")
+                    return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iter)
         return None
 
     table = cached()
@@ -270,17 +291,10 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
         return table
     d = _dist()
     rank, world = (d.get_rank(), d.get_world_size()) if d else (0, 1)
-    device = next(dfr.parameters()).device
-    starts = list(range(0, len(corpus), chunk))
-    mine = {}
-    for start in tqdm(starts[rank::world], desc="landmark fits", unit="chunk", disable=not progress or rank != 0):
-        rows = corpus.read_rows(np.arange(start, min(start + chunk, len(corpus))), names=("ws", "landmarks"))
-        if "landmarks" not in rows:
-            raise ValueError(f"{corpus.root}: the corpus has no landmarks; distillation fits them")
-        ws, landmarks = (torch.from_numpy(rows[k]).float().to(device) for k in ("ws", "landmarks"))  # no images
-        with torch.no_grad():
-            reading = dfr(ws)
-        mine[str(start)] = fit_landmarks(renderer, landmarks, reading).cpu().contiguous()
+    mine: dict[str, torch.Tensor] = {}
+    for k in tqdm(range(rank, chunks, world), desc=desc, unit="chunk", disable=not progress or rank != 0):
+        for name, value in compute(k).items():
+            mine[f"{k}/{name}"] = value.cpu().contiguous()
     part = path.with_name(f"{path.name}.part{rank}")
     if d is not None and world > 1:
         with atomic_write(part) as f:
@@ -292,16 +306,81 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
             mine.update(load_file(str(other)))
             other.unlink()
         part.unlink(missing_ok=True)
-        table = torch.cat([mine[str(start)] for start in starts])
+        names = sorted({entry.split("/", 1)[1] for entry in mine})
+        table = {name: torch.cat([mine[f"{k}/{name}"] for k in range(chunks)]) for name in names}
         with atomic_write(path) as f:
-            f.write(save({"targets": table}, metadata=key))
+            f.write(save(table, metadata=key))
     if d is not None and world > 1:
         d.barrier()
     if table is None:
         table = cached()
     if table is None:
-        raise RuntimeError(f"{path}: the landmark-fit table rank 0 wrote cannot be read")
+        raise RuntimeError(f"{path}: the table rank 0 wrote cannot be read")
     return table
+
+
+def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 1024,
+                         progress: bool = True) -> torch.Tensor:
+    """(N, D) landmark fits of every corpus sample, started from dfr's reading; cached at `path` (atomic).
+
+    Under torchrun every rank fits every world-th chunk and rank 0 assembles the table; call on every rank."""
+    from .fitting import fit_landmarks
+
+    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)), "dfr": _network_hash(dfr)}
+    device = next(dfr.parameters()).device
+    if not corpus.has_landmarks:
+        raise ValueError(f"{corpus.root}: the corpus has no landmarks; distillation fits them")
+
+    def fit(k: int) -> dict[str, torch.Tensor]:
+        rows = corpus.read_rows(np.arange(k * chunk, min((k + 1) * chunk, len(corpus))), names=("ws", "landmarks"))
+        ws, landmarks = (torch.from_numpy(rows[n]).float().to(device) for n in ("ws", "landmarks"))  # no images
+        with torch.no_grad():
+            reading = dfr(ws)
+        return {"targets": fit_landmarks(renderer, landmarks, reading)}
+
+    return chunked_table(path, key, -(-len(corpus) // chunk), fit, desc="landmark fits",
+                         progress=progress)["targets"]
+
+
+def edited_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, rig: str, count: int, seed: int,
+                       path: Path, *, chunk: int = 1024, progress: bool = True) -> dict[str, torch.Tensor]:
+    """{"ws": (M, num_ws, w_dim), "targets": (M, D)}: `count` corpus latents edited by the RigNets of `rig` and
+    their landmark fits started from dfr's readings (edited_latents); M <= count (latents whose images show no
+    face are left out). Cached at `path` (atomic); call on every rank under torchrun."""
+    from .edited_latents import LatentEditor, corpus_generator, edited_fit_chunk, edited_rows, reading_pool
+
+    device = next(dfr.parameters()).device
+    rig_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(rig).glob("rignet-*.safetensors"))))
+    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(count), "dfr": _network_hash(dfr),
+           "rig": rig_hash.hexdigest()[:16], "seed": str(seed)}
+    rows = edited_rows(corpus, count, seed)
+    state: dict = {}
+
+    def fit(k: int) -> dict[str, torch.Tensor]:
+        if not state:  # the generator and the editor are only loaded when the table is not cached
+            state["gen"], state["detector"] = corpus_generator(corpus, device)
+            state["editor"] = LatentEditor(rig, dfr, reading_pool(corpus, seed, device))
+        return edited_fit_chunk(corpus, rows[k * chunk:(k + 1) * chunk], state["editor"], state["gen"],
+                                state["detector"], renderer, seed * 1_000_003 + k)
+
+    return chunked_table(path, key, -(-count // chunk), fit, desc="edited latents", progress=progress)
+
+
+def _student_batch(corpus: Corpus, targets: torch.Tensor, edited: dict[str, torch.Tensor], cfg: TrainConfig,
+                   step: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of a render-free student's batch: (ws, targets), round(edited_share · batch) of the rows
+    from the edited latents (drawn from the seed and step, so a resumed run draws the same), the rest from the
+    corpus."""
+    device = targets.device
+    n_edited = round(cfg.edited_share * cfg.batch) if edited else 0
+    idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[:cfg.batch - n_edited]
+    ws = torch.from_numpy(corpus.read_rows(idx, names=("ws",))["ws"]).float().to(device)
+    wanted = targets[torch.as_tensor(idx, device=device)]
+    if n_edited:
+        rng = np.random.default_rng([cfg.seed, step, 0xED17])
+        pick = torch.as_tensor(rng.integers(len(edited["ws"]), size=n_edited), device=device)
+        ws, wanted = torch.cat([ws, edited["ws"][pick]]), torch.cat([wanted, edited["targets"][pick]])
+    return ws[rank::world], wanted[rank::world]
 
 
 def distill_term(layout, params: torch.Tensor, targets: torch.Tensor,
@@ -421,7 +500,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     else:
         assert cfg.mode is not None and cfg.dfr is not None  # TrainConfig.__post_init__ refuses a RigNet without them
         net = RigNet(cfg.mode, layout, num_ws=num_ws, w_dim=w_dim, hidden=cfg.hidden,
-                     layers=tuple(cfg.layers) if cfg.layers else None)
+                     layers=tuple(cfg.layers) if cfg.layers else None, shared_code=cfg.shared_code)
         dfr = load_network(cfg.dfr, device)
         if not isinstance(dfr, DFR):
             raise ValueError(f"{cfg.dfr} is not a DFR checkpoint")
@@ -437,6 +516,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         _initialise_from(net, cfg.init)
     net = net.to(device)
     targets = None
+    edited: dict[str, torch.Tensor] = {}
     if cfg.distill:  # from the teacher or the run's initial network, before a resumed state replaces it
         assert isinstance(net, DFR)  # TrainConfig.__post_init__ allows distill for DFR runs only
         teacher = load_network(cfg.teacher, device) if cfg.teacher else net
@@ -444,6 +524,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             raise ValueError(f"--teacher {cfg.teacher} is not a DFR checkpoint")
         targets = landmark_fit_targets(corpus, teacher, renderer, out / "dfr.fit-targets.safetensors",
                                        progress=progress).to(device)
+        if cfg.edited_by is not None:
+            edited = edited_fit_targets(corpus, teacher, renderer, cfg.edited_by, cfg.edited_count, cfg.seed,
+                                        out / "dfr.edited-targets.safetensors", progress=progress)
+            if not len(edited["ws"]):
+                raise ValueError(f"{cfg.edited_by}: no edited latent shows a face; nothing to learn from them")
+            edited = {name: value.to(device) for name, value in edited.items()}
         del teacher
     # one fused kernel for the whole update on CUDA; elsewhere Adam's default (foreach on CUDA, per-tensor on CPU)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True if torch.device(device).type == "cuda"
@@ -477,9 +563,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
             if not cfg.render:  # distillation alone, a regression on the target table: no images to read
                 assert targets is not None  # render=False needs distill (TrainConfig)
-                ws = torch.from_numpy(corpus.read_rows(idx, names=("ws",))["ws"]).float().to(device)
-                distilled = distill_term(layout, forward(ws), targets[torch.as_tensor(idx, device=device)],
-                                         every_block)
+                ws, wanted = _student_batch(corpus, targets, edited, cfg, step, rank, world)
+                distilled = distill_term(layout, forward(ws), wanted, every_block)
                 total = cfg.distill * distilled
                 stats = {"loss": total.item(), "distill": distilled.item()}
             elif dfr_forward is None:
