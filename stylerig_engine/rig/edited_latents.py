@@ -27,7 +27,7 @@ from ..params import CONTROL_MODES
 from ..render.face import FaceRenderer
 from .editing import load_rig
 from .key_edits import KeyEditSampler
-from .networks import DFR
+from .networks import DFR, RigNet
 
 KEYED_SHARE = 0.5  # of the edited latents, those edited towards keyed targets (the rest: another face's blocks)
 READING_POOL = 4096  # corpus readings the key ranges are drawn from
@@ -53,7 +53,7 @@ class LatentEditor:
 
     def __init__(self, rig: str | os.PathLike, teacher: DFR, pool: torch.Tensor):
         loaded = load_rig(rig, device=pool.device)
-        self.rignets = [loaded.rignets[m] for m in loaded.modes]
+        self.rignets: list[RigNet] = [net for net in loaded.rignets.values() if isinstance(net, RigNet)]
         if not self.rignets:
             raise ValueError(f"{rig}: no RigNet checkpoints (rignet-<mode>.safetensors) to edit with")
         for net in self.rignets:
