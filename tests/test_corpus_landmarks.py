@@ -198,3 +198,28 @@ def test_mediapipe_without_the_face_mesh_solution_names_the_pinned_range(monkeyp
     monkeypatch.delitem(sys.modules, "mediapipe.python.solutions.face_mesh", raising=False)
     with pytest.raises(CorpusConfigError, match="0.10.30 and later dropped it.*0.10.14-0.10.21"):
         make_detector("mediapipe", TinyGenerator(), "cpu")
+
+
+def test_detect_landmarks_synthesises_images_only_for_a_detector_that_reads_them(monkeypatch):
+    """detect_landmarks: the exact detector reads the latents (no image is made); an image detector gets the
+    generator's images `batch` at a time; both are scaled to the corpus size like the corpus writer's."""
+    from stylerig_engine.corpus import detect_landmarks
+    from stylerig_engine.corpus.writer import scale_landmarks
+    from stylerig_engine.synthetic import make_synthetic
+
+    G = make_synthetic("synthetic:32")
+    ws = G.mapping(torch.randn(5, G.z_dim), psi=0.8)
+    exact = make_detector("exact", G, "cpu")
+    expected = scale_landmarks(G.landmarks(ws), 32, 16)
+    synthesis = G.synthesis
+    monkeypatch.setattr(G, "synthesis", lambda *a, **k: pytest.fail("synthesised images for the exact detector"))
+    assert torch.allclose(detect_landmarks(G, ws, size=16, detector=exact, batch=2), expected)
+    monkeypatch.setattr(G, "synthesis", synthesis)
+    seen = []
+
+    def from_images(part, images):
+        seen.append(tuple(images.shape))
+        return G.landmarks(part)
+
+    assert torch.allclose(detect_landmarks(G, ws, size=16, detector=from_images, batch=2), expected)
+    assert seen == [(2, 3, 32, 32), (2, 3, 32, 32), (1, 3, 32, 32)]

@@ -14,6 +14,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "dataset": ("Corpus", "CorpusDataset", "CorpusSample", "CorpusStream", "batch_indices", "epoch_order"),
     "landmarks": ("DlibLandmarks", "ExactLandmarks", "FanLandmarks", "LandmarkDetector", "MediaPipeLandmarks",
                   "PreflightLandmarks", "detector_names", "make_detector", "register_detector", "resolve_landmarks"),
-    "writer": ("BuildReport", "build_corpus", "describe_generator", "render_latents", "resolve_generator",
+    "writer": ("BuildReport", "build_corpus", "describe_generator", "detect_landmarks", "resolve_generator",
                "synthesize_samples"),
 })

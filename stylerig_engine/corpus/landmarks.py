@@ -50,6 +50,7 @@ class ExactLandmarks:
     """The generator's exact landmarks: `generator.landmarks(ws)` -> (B, 68, 2) pixels at img_resolution."""
 
     name = "exact"
+    reads_images = False  # writer.detect_landmarks need not synthesise images for it
 
     def __init__(self, generator, device=None):
         if not callable(getattr(generator, "landmarks", None)):
@@ -58,7 +59,7 @@ class ExactLandmarks:
                 f"{type(generator).__name__} has none: use --landmarks auto or mediapipe ({LANDMARKS_EXTRA_HINT})")
         self.generator = generator
 
-    def __call__(self, ws: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ws: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         lm = self.generator.landmarks(ws)
         if tuple(lm.shape) != (ws.shape[0], NUM_LANDMARKS, 2):
             raise CorpusError(f"generator.landmarks returned shape {tuple(lm.shape)}, expected ({ws.shape[0]}, 68, 2)")

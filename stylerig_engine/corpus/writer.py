@@ -154,24 +154,25 @@ def synthesize_samples(gen, seeds: np.ndarray, *, psi: float, mixing: int, size:
         index = torch.from_numpy(src.astype(np.int64)).to(w_all.device)[:, None, :, None]
         ws = torch.gather(w_all, 1, index.expand(b, 1, gen.num_ws, gen.w_dim))[:, 0]
     ws = ws.contiguous()
+    images = gen.synthesis(ws, noise_mode=NOISE_MODE)
     out = {"seeds": seeds.astype(np.int64), "mixing": src, "ws": ws.float().cpu().numpy()}
-    images, landmarks = render_latents(gen, ws, size=size, detector=detector)
-    if landmarks is not None:
-        out["landmarks"] = landmarks.cpu().numpy()
-    out["images"] = quantize(images).cpu().numpy()
+    if detector is not None:
+        lm = scale_landmarks(detector(ws, images).float(), images.shape[-1], size)
+        out["landmarks"] = lm.cpu().numpy().astype(np.float32)
+    out["images"] = quantize(resize_images(images.float(), size)).cpu().numpy()
     return out
 
 
 @torch.no_grad()
-def render_latents(gen, ws: torch.Tensor, *, size: int, detector=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Images of W+ latents as a corpus stores them: (float images (B, 3, size, size) in [-1, 1], before
-    quantisation; landmarks (B, 68, 2) float32 pixels at `size`, NaN where the detector found no face, or None
-    without a detector). The detector sees the full-resolution images."""
-    images = gen.synthesis(ws, noise_mode=NOISE_MODE)
-    landmarks = None
-    if detector is not None:
-        landmarks = scale_landmarks(detector(ws, images).float(), images.shape[-1], size)
-    return resize_images(images.float(), size), landmarks
+def detect_landmarks(gen, ws: torch.Tensor, *, size: int, detector, batch: int = 16) -> torch.Tensor:
+    """(B, 68, 2) landmarks of the latents' images in pixels at `size`, NaN where the detector finds no face, as a
+    corpus stores them. The images are synthesised `batch` at a time, and only for a detector that reads them (the
+    generator's exact landmarks do not)."""
+    parts = []
+    for part in ws.split(batch):
+        images = gen.synthesis(part, noise_mode=NOISE_MODE) if getattr(detector, "reads_images", True) else None
+        parts.append(scale_landmarks(detector(part, images).float(), gen.img_resolution, size))
+    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------------------------------------- processes

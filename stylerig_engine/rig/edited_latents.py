@@ -21,7 +21,7 @@ import os
 import numpy as np
 import torch
 
-from ..corpus import Corpus, make_detector, render_latents, resolve_generator
+from ..corpus import Corpus, detect_landmarks, make_detector, resolve_generator
 from ..corpus.writer import describe_generator
 from ..params import CONTROL_MODES
 from ..render.face import FaceRenderer
@@ -98,8 +98,7 @@ def edited_fit_chunk(corpus: Corpus, rows: np.ndarray, editor: LatentEditor, gen
     device = next(editor.teacher.parameters()).device
     ws = torch.from_numpy(corpus.read_rows(rows, names=("ws",))["ws"]).float().to(device)
     edited = editor(ws, seed)
-    _, landmarks = render_latents(gen, edited, size=corpus.resolution, detector=detector)
-    assert landmarks is not None  # a detector was given
+    landmarks = detect_landmarks(gen, edited, size=corpus.resolution, detector=detector)
     found = torch.isfinite(landmarks).flatten(1).all(1).to(device)
     edited, landmarks = edited[found], landmarks.to(device)[found]
     with torch.no_grad():
