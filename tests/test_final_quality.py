@@ -87,16 +87,18 @@ def test_one_mode_loop_is_the_many_mode_loop_and_zero_readings_is_rignet(rig_eng
 
 
 def test_final_edit_of_three_modes_hits_the_targets_closer_than_rignet(rig_engine, world):
-    """Measured with the synthetic world's exact parameters of the edited latents."""
+    """Measured with the synthetic world's exact parameters of the edited latents, on four faces: with the shipped
+    pose RigNet ~2-3° off, two faces at FIT_STEPS let one noisy reading decide (measured 1.94° -> 1.94° on two,
+    3.48° -> 1.48° on four)."""
     layout = world.layout
-    ws, targets, target = faces_and_targets(world)
+    ws, targets, target = faces_and_targets(world, 4)
     plain = world.true_params(rig_engine.final_quality.rig.edit_many(ws, targets))
     final = world.true_params(edit_final(rig_engine, ws, targets))
     before, after = controlled_error(layout, plain, target), controlled_error(layout, final, target)
     rot = layout.slice("rotation")
     turned = rotation_error_deg(plain[:, rot], target[:, rot]), rotation_error_deg(final[:, rot], target[:, rot])
     # the sensor reads pose best, so the head's miss shrinks; over all controlled blocks (expression's many weights
-    # dominate them) two faces are too few to rank the loops, but the loop must not make them worse overall
+    # dominate them) four faces are too few to rank the loops, but the loop must not make them worse overall
     assert turned[1].mean() < turned[0].mean(), turned
     assert after.mean() < 1.1 * before.mean(), (before, after)
     rot_before = block_errors(layout, plain, target)["rotation"]
