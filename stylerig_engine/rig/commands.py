@@ -292,13 +292,12 @@ def _train_all(args) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     rounds = [out] + [out / f"round-{r}" for r in range(2, args.reader_rounds + 1)]
     for r, where in enumerate(rounds):
-        later = dict(steps=max(1, round(args.round_steps * args.distill_steps)), init=str(dfr_path)) if r else {}
         if r:  # the previous round's DFR, fine-tuned on its own landmark fits and on its RigNets' edits
             dfr_cfg = _config(args, "dfr", corpus=str(corpus_dir), out=str(where), teacher=str(dfr_path),
+                              init=str(dfr_path), steps=max(1, round(args.round_steps * args.distill_steps)),
                               distill=args.distill, lr=args.distill_lr, batch=args.distill_batch,
                               hidden=args.distill_hidden, render=False, edited_by=str(rounds[r - 1]),
-                              edited_count=_corpus_size(str(corpus_dir)) // 2, edited_share=EDITED_SHARE,
-                              **later)
+                              edited_count=args.count // 2, edited_share=EDITED_SHARE)
             dfr_path = train(dfr_cfg, resume=args.resume or (where / "dfr.safetensors").exists())
         for mode in modes:
             steps = max(1, round(args.round_steps * args.rignet_steps)) if r else args.rignet_steps

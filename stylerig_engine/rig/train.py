@@ -353,14 +353,14 @@ def edited_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, rig: st
     rig_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(rig).glob("rignet-*.safetensors"))))
     key = {"corpus": str(Path(corpus.root).resolve()), "count": str(count), "dfr": _network_hash(dfr),
            "rig": rig_hash.hexdigest()[:16], "seed": str(seed)}
-    rows = edited_rows(corpus, count, seed)
     state: dict = {}
 
     def fit(k: int) -> dict[str, torch.Tensor]:
-        if not state:  # the generator and the editor are only loaded when the table is not cached
+        if not state:  # rows, generator and editor are only set up when the table is not cached
+            state["rows"] = edited_rows(corpus, count, seed)
             state["gen"], state["detector"] = corpus_generator(corpus, device)
             state["editor"] = LatentEditor(rig, dfr, reading_pool(corpus, seed, device))
-        return edited_fit_chunk(corpus, rows[k * chunk:(k + 1) * chunk], state["editor"], state["gen"],
+        return edited_fit_chunk(corpus, state["rows"][k * chunk:(k + 1) * chunk], state["editor"], state["gen"],
                                 state["detector"], renderer, seed * 1_000_003 + k)
 
     return chunked_table(path, key, -(-count // chunk), fit, desc="edited latents", progress=progress)
@@ -560,7 +560,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     every_block = tuple(name for name, _ in layout.sizes)  # what a render-free student learns
     try:
         while step < cfg.steps:
-            idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
             if not cfg.render:  # distillation alone, a regression on the target table: no images to read
                 assert targets is not None  # render=False needs distill (TrainConfig)
                 ws, wanted = _student_batch(corpus, targets, edited, cfg, step, rank, world)
@@ -568,6 +567,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 total = cfg.distill * distilled
                 stats = {"loss": total.item(), "distill": distilled.item()}
             elif dfr_forward is None:
+                idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
                 ws, images, landmarks = load_batch(corpus, idx, device)
                 params = forward(ws)
                 total, stats = dfr_loss(loss, params, images, landmarks)
@@ -577,6 +577,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                     stats["distill"] = distilled.item()
             else:
                 assert not isinstance(forward, DFR)  # a RigNet run (set up above)
+                idx = batch_indices(corpus, cfg.seed, step, cfg.batch)[rank::world]
                 ws, images, landmarks = load_batch(corpus, idx, device)
                 total, stats = _rignet_step(loss, dfr_forward, forward, keys, cfg, ws, images, landmarks)
             optimizer.zero_grad(set_to_none=True)
