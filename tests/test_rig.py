@@ -856,3 +856,27 @@ def test_train_all_reader_rounds_fine_tune_dfr_on_edited_latents(tmp_path, capsy
     assert json.loads((ship / "dfr.config.json").read_text())["edited_by"] == str(run)
     assert main([*common, "--reader-rounds", "0"]) == 2
     assert "--reader-rounds" in capsys.readouterr().err
+
+
+def test_edited_latents_name_a_rig_without_rignets_and_another_generator(corpus, tmp_path, monkeypatch, capsys):
+    """--edited-by a directory with no RigNet, or a corpus whose generator now resolves to other weights: one error
+    line naming the problem and a non-zero exit, and the run directory's cached fit table is kept."""
+    from stylerig_engine.cli import main
+    from stylerig_engine.corpus import Corpus
+    from stylerig_engine.rig import edited_latents
+    from stylerig_engine.rig.train import TrainConfig, train
+
+    root, _ = corpus
+    teacher = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "rig"), batch=8, hidden=32,
+                                steps=1), progress=False)
+    args = ["train", "dfr", "--corpus", str(root), "--out", str(tmp_path / "s"), "--steps", "1", "--batch", "8",
+            "--hidden", "16", "--distill", "1", "--no-render", "--teacher", str(teacher), "--edited-by",
+            str(tmp_path / "rig")]
+    assert main(args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (beside progress bars)
+    assert len(errors) == 1 and errors[0].startswith("stylerig train dfr: error: ")
+    assert "no RigNet checkpoints" in errors[0]
+    assert (tmp_path / "s" / "dfr.fit-targets.safetensors").is_file()  # the corpus's fits are not lost
+    monkeypatch.setattr(edited_latents, "describe_generator", lambda gen: {"weights_sha256": "0" * 64})
+    with pytest.raises(CheckpointError, match="other weights than the corpus was made with"):
+        edited_latents.corpus_generator(Corpus(root), "cpu")

@@ -25,6 +25,7 @@ from ..corpus import Corpus, detect_landmarks, make_detector, resolve_generator
 from ..corpus.writer import describe_generator
 from ..params import CONTROL_MODES
 from ..render.face import FaceRenderer
+from .checkpoints import CheckpointError, GeneratorMismatch
 from .editing import load_rig
 from .key_edits import KeyEditSampler
 from .networks import DFR, RigNet
@@ -55,10 +56,10 @@ class LatentEditor:
         loaded = load_rig(rig, device=pool.device)
         self.rignets: list[RigNet] = [net for net in loaded.rignets.values() if isinstance(net, RigNet)]
         if not self.rignets:
-            raise ValueError(f"{rig}: no RigNet checkpoints (rignet-<mode>.safetensors) to edit with")
+            raise CheckpointError(f"{rig}: no RigNet checkpoints (rignet-<mode>.safetensors) to edit with")
         for net in self.rignets:
             if (net.num_ws, net.w_dim) != (teacher.num_ws, teacher.w_dim) or net.layout.names != teacher.layout.names:
-                raise ValueError(f"{rig}: RigNet {net.mode} does not match the DFR's latent or parameter layout")
+                raise CheckpointError(f"{rig}: RigNet {net.mode} does not match the DFR's latent or parameter layout")
         self.teacher, self.layout = teacher, teacher.layout
         with torch.no_grad():
             self.pool = teacher(pool)
@@ -115,7 +116,7 @@ def corpus_generator(corpus: Corpus, device: torch.device | str):
     recorded = corpus.generator.get("weights_sha256")
     running = describe_generator(gen).get("weights_sha256")
     if recorded and running and recorded != running:
-        raise ValueError(f"{corpus.root}: generator {spec!r} resolves to other weights than the corpus was made "
+        raise GeneratorMismatch(f"{corpus.root}: generator {spec!r} resolves to other weights than the corpus was made "
                          f"with ({running[:12]} != {recorded[:12]}); edited latents need the corpus's generator")
     return gen, make_detector(detector_name, gen, device)
 
