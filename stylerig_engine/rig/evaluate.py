@@ -151,7 +151,8 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
     p_w, p_v = truth(w), truth(v)
     fitted = rig.fit(w)  # DFR's reading of w: its error (exact generators) and the reconstruction target
     report: dict = {"generator": type(generator).__name__, "count": count, "psi": psi, "seed": seed,
-                    "estimate": "exact (true_params)" if exact else "self-estimated (DFR re-estimation)"}
+                    "estimate": "exact (true_params)" if exact else "self-estimated (DFR re-estimation)",
+                    "live_corrections": dict(rig.corrections)}
     observable = ObservableErrors(generator.model, layout) if exact and hasattr(generator, "model") else None
     if exact:
         report["dfr"] = {b: _summary(e) for b, e in block_errors(layout, fitted, p_w).items()}
@@ -167,7 +168,9 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
         idx = list(net.layers)
         naive[:, idx] = v[:, idx]
         rows = {}
-        edits = [("rignet", rig.edit(w, mode, p_v))]
+        edits = [("rignet", rig.edit(w, mode, p_v, corrections={}))]  # RigNet alone
+        if rig.corrections.get(mode, 0):
+            edits.append(("live", rig.edit(w, mode, p_v)))  # RigNet with DFR's corrections (editing.py)
         if closed_loop is not None and (loop_modes is None or mode in loop_modes):
             edits.append(("closed_loop", closed_loop_edit(rig, closed_loop, w, mode, p_v,
                                                           iterations=loop_iterations)))
@@ -188,7 +191,7 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
                 embedded = reference if w_hat is w else _embed(identity_model, generator, w_hat, batch)
                 row["identity_similarity"] = _summary(torch.nn.functional.cosine_similarity(embedded, reference))
             rows[name] = row
-        rec = rig.edit(w, mode, fitted) - w
+        rec = rig.edit(w, mode, fitted, corrections={}) - w
         rows["rignet"]["latent_reconstruction"] = float(
             rec.norm(dim=(1, 2)).mean() / (w - net.normaliser.w_avg).norm(dim=(1, 2)).mean())
         report["modes"][mode] = rows
@@ -255,13 +258,17 @@ def key_values(layout, truth: torch.Tensor, keys=ANIMATOR_KEYS, percentile: floa
 def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, seed: int = HELD_OUT_SEED,
                     reference_count: int = 4096) -> dict:
     """What an animator sees: each key of ANIMATOR_KEYS set alone on every face's starting values (DFR's
-    reading, as "Match rig to face" gives them), and the head turned through YAW_SWEEP_DEG.
+    reading, as "Match rig to face" gives them), and the head turned through YAW_SWEEP_DEG, edited by the rig's
+    live path (Rig.edit: RigNet and DFR's corrections).
 
     keys: per key, the fraction of the keyed change (target − the face's true value) that the edited face shows
     (median over faces; faces already within 0.1 of the key are left out), and dfr_read_median, the same share as
-    DFR reads it (from its reading of the face to its reading of the edit). yaw_sweep: the angle between the
-    edited face's rotation and the keyed one. On generators without exact parameters both are measured through
-    DFR re-estimation (self-estimated).
+    DFR reads it (from its reading of the face to its reading of the edit), drift_median (the other blocks' change
+    from the face, mean over blocks as in the modes' drift) and unkeyed_median (the RMS change of the other
+    blendshapes), in prior standard deviations, and rignet_alone_median (the share without DFR's corrections).
+    yaw_sweep: the angle between the edited face's rotation and the keyed one (rignet_alone_median: the same
+    without DFR's corrections). On
+    generators without exact parameters both are measured through DFR re-estimation (self-estimated).
     """
     exact = hasattr(generator, "true_params")
     truth = generator.true_params if exact else rig.fit
@@ -281,10 +288,21 @@ def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, s
             target[:, idx] = value
             before = p_w[:, idx].mean(1)
             w_hat = rig.edit(w, "expression", target)
-            after = truth(w_hat)[:, idx].mean(1)
+            p_hat = truth(w_hat)
+            after = p_hat[:, idx].mean(1)
+            # what else the key moved: the other blocks (drift, as in the modes' rows) and the unkeyed blendshapes
+            moved = block_errors(layout, p_hat, p_w)
+            drift = torch.stack([e for b, e in moved.items() if b not in ("expression", "rotation")]).mean(0)
+            unkeyed = torch.ones(layout.dim, dtype=torch.bool)
+            unkeyed[idx] = False
+            unkeyed = unkeyed[layout.slice("expression")]
+            z = (layout.normalise(p_hat) - layout.normalise(p_w))[:, layout.slice("expression")][:, unkeyed]
+            unkeyed_rms = z.square().mean(1).sqrt()
             keyed = value - before
             valid = keyed.abs() > 0.1
             shown = (after - before)[valid] / keyed[valid]
+            alone = (truth(rig.edit(w, "expression", target, corrections={}))[:, idx].mean(1) - before)[valid]
+            alone = alone / keyed[valid]
             # the same share in DFR's own reading: low here means RigNet misses its own sensor's target, high
             # here but low above means RigNet found latents DFR misreads (docs/rig.md)
             read_keyed = value - start[:, idx].mean(1)
@@ -292,20 +310,24 @@ def animator_report(rig: Rig, generator, *, count: int = 64, psi: float = 0.7, s
             read = (rig.fit(w_hat)[:, idx].mean(1) - start[:, idx].mean(1))[read_valid] / read_keyed[read_valid]
             keys[key] = {"value": value, "faces": int(valid.sum()),
                          **(_summary(shown) if valid.any() else dict.fromkeys(("median", "mean", "p90"), math.nan)),
-                         "dfr_read_median": float(read.median()) if read_valid.any() else math.nan}
+                         "dfr_read_median": float(read.median()) if read_valid.any() else math.nan,
+                         "drift_median": float(drift.median()), "unkeyed_median": float(unkeyed_rms.median()),
+                         "rignet_alone_median": float(alone.median()) if valid.any() else math.nan}
         report["keys"] = keys
     if "pose" in rig.rignets:
         rot = layout.slice("rotation")
         yaw = rot.start + 1  # rotation is (pitch, yaw, roll)
         per_yaw = {}
-        errors = []
+        errors, alone = [], []
         for deg in YAW_SWEEP_DEG:
             target = start.clone()
             target[:, yaw] = math.radians(deg)
             err = rotation_error_deg(truth(rig.edit(w, "pose", target))[:, rot], target[:, rot])
             per_yaw[f"{deg:+.0f}"] = float(err.median())
             errors.append(err)
-        report["yaw_sweep"] = {**_summary(torch.cat(errors)), "per_yaw_median": per_yaw}
+            alone.append(rotation_error_deg(truth(rig.edit(w, "pose", target, corrections={}))[:, rot], target[:, rot]))
+        report["yaw_sweep"] = {**_summary(torch.cat(errors)), "per_yaw_median": per_yaw,
+                               "rignet_alone_median": float(torch.cat(alone).median())}
     return report
 
 
@@ -361,10 +383,14 @@ def format_table(report: dict) -> str:
         for key, row in animator.get("keys", {}).items():
             lines.append(f"  {key:<13} to {row['value']:.2f}: median {100 * row['median']:6.1f} %  "
                          f"(mean {100 * row['mean']:6.1f} %, {row['faces']} faces; "
-                         f"in DFR's reading {100 * row.get('dfr_read_median', math.nan):.0f} %)")
+                         f"in DFR's reading {100 * row.get('dfr_read_median', math.nan):.0f} %, "
+                         f"RigNet alone {100 * row.get('rignet_alone_median', math.nan):.0f} %; "
+                         f"drift {row.get('drift_median', math.nan):.3f}, "
+                         f"unkeyed {row.get('unkeyed_median', math.nan):.3f})")
         if "yaw_sweep" in animator:
             sweep = animator["yaw_sweep"]
+            alone = sweep.get("rignet_alone_median")
             lines.append(f"  yaw sweep {YAW_SWEEP_DEG[0]:+.0f}..{YAW_SWEEP_DEG[-1]:+.0f}°: "
-                         f"median {sweep['median']:.2f}°, "
-                         f"p90 {sweep['p90']:.2f}°")
+                         f"median {sweep['median']:.2f}°, p90 {sweep['p90']:.2f}°"
+                         + (f" (RigNet alone {alone:.2f}°)" if alone is not None else ""))
     return "\n".join(lines)

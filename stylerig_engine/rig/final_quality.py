@@ -5,11 +5,11 @@
     ws_hat = edit_final(engine, ws, targets)             # closed-loop edit of every keyed mode at once
     x = render_final(engine, ws, targets)                # (B, 3, R, R): edit_final, then the generator
 
-A plain render is one RigNet edit per mode (milliseconds); a final-quality render reads what the edited image
-shows with a per-image fit and corrects the command (closed_loop_edit_many: one loop for all keyed modes, one fit
-per reading), so it is seconds per frame on a CPU (docs/benchmarks.md) and meant for batch renders, not the live
-preview. It needs the engine's Rig (DFR + RigNets, `--rignet DIR`) and the generator's landmarks (the synthetic
-world has exact ones).
+A plain render is the rig's live edit (RigNets and DFR's corrections: milliseconds); a final-quality render
+reads what the edited image shows with a per-image fit and corrects the command (closed_loop_edit_many: one loop
+for all keyed modes, one fit per reading), so it is seconds per frame on a CPU (docs/benchmarks.md) and meant for
+batch renders, not the live preview. It needs the engine's Rig (DFR + RigNets, `--rignet DIR`) and the generator's
+landmarks (the synthetic world has exact ones).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 
 from ..corpus import CorpusConfigError
 from ..engine import Engine, EngineError, NotAvailable
-from .editing import Rig
-from .fitting import ImageReader, LoopInterrupted, closed_loop_edit_many
+from .editing import LoopInterrupted, Rig
+from .fitting import ImageReader, closed_loop_edit_many
 
 # Sensor readings per final-quality frame: the closed-loop results in docs/rig.md flatten after 3–4.
 FINAL_ITERATIONS = 3

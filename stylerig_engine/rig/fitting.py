@@ -15,9 +15,8 @@ import torch
 
 from ..corpus.landmarks import ExactLandmarks
 from ..corpus.writer import resize_images, scale_landmarks
-from ..params import CONTROL_MODES
 from ..render.face import FaceRenderer
-from .editing import Rig
+from .editing import Rig, corrected_edit
 from .losses import FaceLoss, LossWeights, region_model
 
 FIT_REG = 1e-5  # a weak prior: with DFR's 1e-3 the prior outweighs the data near the optimum (docs/rig.md)
@@ -115,76 +114,29 @@ class ImageReader:
         return fit_parameters(self.loss, images, landmarks, self.rig.fit(ws), steps=self.steps, lr=self.lr)
 
 
-@torch.no_grad()
 def closed_loop_edit(rig: Rig, reader: ImageReader, ws: torch.Tensor, mode: str, target: torch.Tensor, *,
                      iterations: int = 3, gain: float = 1.0) -> torch.Tensor:
-    """ŵ whose image shows `target`'s blocks of `mode` more exactly than one RigNet edit.
-
-    Keyword args:
-      rig: the RigNet of `mode` is the actuator.
-      reader: ImageReader, the sensor.
-      ws: (B, num_ws, w_dim) latents to edit.
-      mode: control mode.
-      target: (B, D) or (D,) parameters; only the mode's blocks are read.
-      iterations: sensor readings (each one fit); iterations=0 is the plain RigNet edit.
-      gain: fraction of the measured miss added to the command each iteration.
-    Every face keeps the edit whose reading was closest to the target (in prior standard deviations), so an
-    iteration that overshoots never makes a face worse by the sensor's measure.
-    """
+    """ŵ whose image shows `target`'s blocks of `mode` more exactly than the rig's edit: closed_loop_edit_many
+    of one mode."""
     return closed_loop_edit_many(rig, reader, ws, {mode: target}, iterations=iterations, gain=gain)
 
 
-class LoopInterrupted(Exception):
-    """closed_loop_edit_many was told to stop (should_stop() returned True) before it finished."""
-
-
-@torch.no_grad()
 def closed_loop_edit_many(rig: Rig, reader: ImageReader, ws: torch.Tensor, targets: Mapping[str, torch.Tensor], *,
                           iterations: int = 3, gain: float = 1.0,
                           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """ŵ whose image shows each mode's target more exactly than RigNet's composed edit (rig.edit_many).
+    """ŵ whose image shows each mode's target more exactly than the rig's composed edit (rig.edit_many).
 
-    Keyword args:
-      rig: its RigNets, composed in rig.edit_many's order, are the actuator.
+    editing.corrected_edit with the rig's edit as the actuator and a per-image fit as the sensor. Keyword args:
+      rig: its edit_many (RigNets and DFR's live corrections) is the actuator.
       reader: ImageReader, the sensor.
       ws: (B, num_ws, w_dim) latents to edit.
       targets: {mode: (B, D) or (D,) parameters}; each mode's RigNet reads only its own blocks.
-      iterations: sensor readings (each one fit); iterations=0 is the plain composed edit.
+      iterations: sensor readings (each one fit); iterations=0 is the rig's plain edit.
       gain: fraction of the measured miss added to each mode's command each iteration.
-      should_stop: asked before every reading; when it returns True, LoopInterrupted is raised.
-    One loop for all modes, not one loop per mode: a single fit reads every block at once, so a reading costs
-    the same for one mode or three, and it reads the final, composed image, so when a later RigNet disturbs
-    what an earlier one set (expression moving the head a little), that miss is measured and corrected too.
-    Every face keeps the edit whose reading was closest to the targets over all controlled blocks (in prior
-    standard deviations), so an iteration that overshoots never makes a face worse by the sensor's measure.
+      should_stop: asked before every reading; when it returns True, editing.LoopInterrupted is raised.
     """
-    layout = rig.layout
-    if not targets:
-        raise ValueError("closed-loop editing needs at least one mode's target")
-    unknown = sorted(set(targets) - set(CONTROL_MODES))
-    if unknown:
-        raise KeyError(f"unknown control modes {unknown}")
-    targets = {m: (t.expand(len(ws), -1) if t.ndim == 1 else t).to(ws) for m, t in targets.items()}
-    positions = torch.arange(layout.dim, device=ws.device)
-    index = {m: torch.cat([positions[layout.slice(b)] for b in CONTROL_MODES[m]]) for m in targets}
-    std = torch.as_tensor(layout.prior_std, dtype=ws.dtype, device=ws.device)
-    commands = {m: t.clone() for m, t in targets.items()}
-    best = current = rig.edit_many(ws, commands)
-    best_miss = torch.full((len(ws),), float("inf"), device=ws.device)
-    for i in range(iterations):
-        if should_stop is not None and should_stop():
-            raise LoopInterrupted(f"stopped after {i} of {iterations} readings")
-        if i:
-            current = rig.edit_many(ws, commands)
-        seen = reader(current)
-        misses = {m: targets[m][:, index[m]] - seen[:, index[m]] for m in targets}
-        size = torch.cat([misses[m] / std[index[m]] for m in targets], 1).square().mean(1)
-        better = size < best_miss
-        best = torch.where(better[:, None, None], current, best)
-        best_miss = torch.where(better, size, best_miss)
-        for m in targets:
-            commands[m][:, index[m]] += gain * misses[m]
-    return best
+    return corrected_edit(rig.edit_many, reader, rig.layout, ws, targets, iterations=iterations, gain=gain,
+                          should_stop=should_stop)
 
 
 # ---- landmark fits: the geometry a face's landmarks show, cheap enough for a whole corpus ----------------------
