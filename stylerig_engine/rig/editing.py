@@ -31,7 +31,7 @@ SHIPPED_RIG = Path(__file__).resolve().parents[1] / "data" / "rig" / "synthetic"
 # DFR's corrections of the live edit, per mode (docs/rig.md, item 10): RigNet's edit, then DFR reads it and the
 # command is corrected by the miss it sees, and again. RigNet alone falls ~3° short of a head turn even as DFR reads
 # it; two corrections take the shipped pose edit from 3.10° to 1.62° (true miss, 256 held-out faces) and a keyed
-# pucker from 56 to 98 %. Illumination is not corrected: DFR reads light less exactly than RigNet reaches it (one
+# pucker from 34 to 93 %. Illumination is not corrected: DFR reads light less exactly than RigNet reaches it (one
 # correction: 0.75 -> 0.89 σ).
 LIVE_CORRECTIONS: dict[str, int] = {"pose": 2, "expression": 2}
 # The blocks of a mode the corrections touch (default: all of the mode's). Pose: rotation alone. DFR reads
@@ -124,7 +124,8 @@ def corrected_edit(actuate: Actuator, reader: Reader, layout: ParamLayout, ws: t
 
 class Rig(torch.nn.Module):
     """DFR and one RigNet per mode. corrections: DFR's corrections of the live edit per mode (default
-    LIVE_CORRECTIONS; {} edits with RigNet alone)."""
+    LIVE_CORRECTIONS; {} edits with RigNet alone). The modes of one edit share one loop, with as many readings as
+    the largest count among them."""
 
     def __init__(self, dfr: DFR, rignets: Mapping[str, RigNet], corrections: Mapping[str, int] | None = None):
         super().__init__()
@@ -187,6 +188,7 @@ class Rig(torch.nn.Module):
         return corrected_edit(self._compose, self.dfr, self.layout, ws, targets, iterations=readings,
                               gain=dict.fromkeys(corrected, 1.0), weights=weights, keep_best=False)
 
+    @torch.no_grad()
     def key_weights(self, ws: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B, D) how much of each expression entry the live edit corrects: the keys (KEY_RAMP, KEYS_CORRECTED)."""
         own = self.dfr(ws)  # the face's own reading, as "Match rig to face" sets the rig
