@@ -94,11 +94,9 @@ def corrected_edit(actuate: Actuator, reader: Reader, layout: ParamLayout, ws: t
     best = current = actuate(ws, commands)
     if not corrected:
         return best
-    positions = torch.arange(layout.dim, device=ws.device)
     weight = {}  # (B, D): how much of each entry's miss each corrected mode's command takes
     for m in corrected:
-        block = torch.zeros(layout.dim, dtype=ws.dtype, device=ws.device)
-        block[torch.cat([positions[layout.slice(b)] for b in CONTROL_MODES[m]])] = 1.0
+        block = torch.as_tensor(layout.mask(CONTROL_MODES[m]), dtype=ws.dtype, device=ws.device)
         weight[m] = block.expand(len(ws), -1) * (weights[m].to(ws) if weights and m in weights else 1.0)
     counted = torch.stack([weight[m] for m in corrected]).sum((0, 2)).clamp(min=1e-6)
     std = torch.as_tensor(layout.prior_std, dtype=ws.dtype, device=ws.device)
@@ -173,26 +171,28 @@ class Rig(torch.nn.Module):
         missing = [m for m in targets if m not in self.rignets]
         if missing:
             raise KeyError(f"no RigNet for mode {missing[0]!r}; loaded modes: {self.modes}")
+        targets = {m: (t.expand(len(ws), -1) if t.ndim == 1 else t).to(ws) for m, t in targets.items()}
         corrections = self.corrections if corrections is None else corrections
-        readings = max((corrections.get(m, 0) for m in targets), default=0)
-        if not readings:
-            return self._compose(ws, targets)
-        corrected = [m for m in targets if corrections.get(m, 0)]
         weights = {}
-        for m in corrected:
-            weights[m] = torch.zeros(len(ws), self.layout.dim, dtype=ws.dtype, device=ws.device)
-            for block in CORRECTED_BLOCKS.get(m, CONTROL_MODES[m]):
-                weights[m][:, self.layout.slice(block)] = 1.0
-            if m == "expression":
-                weights[m] = weights[m] * self.key_weights(ws, targets[m])
+        for m in targets:
+            if not corrections.get(m, 0):
+                continue
+            blocks = torch.as_tensor(self.layout.mask(CORRECTED_BLOCKS.get(m, CONTROL_MODES[m])), dtype=ws.dtype,
+                                     device=ws.device)
+            weights[m] = blocks * self.key_weights(ws, targets[m]) if m == "expression" else blocks.expand(len(ws), -1)
+            if not weights[m].any():  # nothing keyed: RigNet's edit as it is, no readings spent on it
+                del weights[m]
+        if not weights:
+            return self._compose(ws, targets)
+        readings = max(corrections[m] for m in weights)
         return corrected_edit(self._compose, self.dfr, self.layout, ws, targets, iterations=readings,
-                              gain=dict.fromkeys(corrected, 1.0), weights=weights, keep_best=False)
+                              gain=dict.fromkeys(weights, 1.0), weights=weights, keep_best=False)
 
     @torch.no_grad()
     def key_weights(self, ws: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B, D) how much of each expression entry the live edit corrects: the keys (KEY_RAMP, KEYS_CORRECTED)."""
         own = self.dfr(ws)  # the face's own reading, as "Match rig to face" sets the rig
-        change = (target.expand(len(ws), -1) if target.ndim == 1 else target).to(own) - own
+        change = target.to(own) - own  # (B, D) or (D,), broadcast
         lo, hi = KEY_RAMP
         keyed = ((change.abs() - lo) / (hi - lo)).clamp(0, 1)
         few, many = KEYS_CORRECTED
@@ -201,10 +201,10 @@ class Rig(torch.nn.Module):
         return keyed * ((many - count) / (many - few)).clamp(0, 1)
 
     def _compose(self, ws: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """RigNets alone, in COMPOSITION_ORDER; targets (B, D) each."""
         for mode in COMPOSITION_ORDER:
             if mode in targets:
-                target = targets[mode]
-                ws = self.rignets[mode](ws, (target.expand(ws.shape[0], -1) if target.ndim == 1 else target).to(ws))
+                ws = self.rignets[mode](ws, targets[mode])
         return ws
 
 
