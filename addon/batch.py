@@ -58,7 +58,7 @@ class BatchJob:
     out_dir: Path
     frames: list[int]
     params: np.ndarray  # (N, D) float32
-    face: dict  # {"seed", "psi"}
+    face: dict  # {"seed", "psi"} and "rest" when the rig was matched (rig.face_spec)
     size: int | None = None  # None: the generator's resolution
     modes: tuple[str, ...] = DEFAULT_MODES
     prefix: str = "frame_"
@@ -147,7 +147,8 @@ class BatchJob:
                 frames = client.batch_render(handle, tg, size=size, format="rgba8",
                                              frame_ids=[self.frames[i] for i in todo],
                                              on_start=lambda rid: setattr(self, "_request", (client, rid)),
-                                             final_quality=self.final_quality)
+                                             final_quality=self.final_quality,
+                                             rest=self.face.get("rest") if tg else None)
                 for fr in frames:
                     png.write_png(self.frame_path(fr.frame), fr.image, {TEXT_KEY: digests[fr.frame]})
                     self.done += 1

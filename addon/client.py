@@ -370,8 +370,11 @@ class Client:
         return {}
 
     @staticmethod
-    def _target_arrays(targets: Mapping[str, Any] | None) -> dict:
-        return {f"target/{m}": np.asarray(p, np.float32) for m, p in (targets or {}).items()}
+    def _target_arrays(targets: Mapping[str, Any] | None, rest: Any = None) -> dict:
+        arrays = {f"target/{m}": np.asarray(p, np.float32) for m, p in (targets or {}).items()}
+        if rest is not None:
+            arrays["rest"] = np.asarray(rest, np.float32)
+        return arrays
 
     def render_async(
         self,
@@ -385,9 +388,10 @@ class Client:
         colorspace: str | None = None,
         slot: str | None = None,
         timeout: float | None = None,
+        rest: Any = None,
         callback=None,
     ) -> Pending:
-        arrays = self._target_arrays(targets)
+        arrays = self._target_arrays(targets, rest)
         fields = self._face_fields(face, arrays)
         return self.submit(
             "render",
@@ -405,7 +409,8 @@ class Client:
 
     def render(self, face: Any, targets: Mapping[str, Any] | None = None, **kwargs) -> Any:
         """One image of `face` (handle or W+/W latent) under `targets` {mode: p (D,)}: (S, S, 4) uint8
-        ("rgba8"), float16 ("float16") or JPEG bytes ("jpeg")."""
+        ("rgba8"), float16 ("float16") or JPEG bytes ("jpeg"). `rest=` (D,): the parameters the rig was matched
+        to; the engine finds the expression keys against them (docs/protocol.md)."""
         wait = kwargs.pop("wait", None)
         frame = self.render_async(face, targets, **kwargs).result(self.timeout if wait is None else wait)
         return decode_image(frame)
@@ -425,12 +430,14 @@ class Client:
         timeout: float | None = None,
         on_start: Callable[[int], None] | None = None,
         final_quality: bool = False,
+        rest: Any = None,
     ) -> Iterator[Frame]:
         """Render a sequence: face is one handle, a list of N handles or (N, num_ws, w_dim) latents; targets
         {mode: (N, D)}. Yields Frames in order as they arrive. Leaving the loop early cancels the rest.
         `on_start(request_id)` is called once the request is sent (e.g. to cancel it from another thread).
-        final_quality: closed-loop editing, seconds per frame (docs/protocol.md)."""
-        arrays = self._target_arrays(targets)
+        final_quality: closed-loop editing, seconds per frame (docs/protocol.md). rest: (D,) or (N, D), as
+        render's."""
+        arrays = self._target_arrays(targets, rest)
         fields = self._face_fields(face, arrays)
         pending = self.submit(
             "batch_render",

@@ -21,7 +21,7 @@ from .engine_process import EngineStartError
 from .layout import Layout
 from .preferences import engine_settings
 from .properties import settings
-from .rig import Rig, apply_params, build_rig, face_spec, find_rig
+from .rig import Rig, apply_params, build_rig, clear_rest, face_spec, find_rig, set_rest
 from .session import SESSION, EngineSettings, NotConfigured
 
 ENGINE_ERRORS = (EngineError, EngineStartError, NotConfigured, OSError, ValueError)
@@ -171,7 +171,9 @@ def _match(rig: Rig, client: Client, exact: bool = False) -> list[str]:
         p = client.fit(handle, final_quality=exact, timeout=EXACT_MATCH_WAIT if exact else None)
     finally:
         client.release(handle)
-    return apply_params(rig, p)
+    warnings = apply_params(rig, p)
+    set_rest(rig)  # what the rig shows now, sliders' clamping included: renders find the keys against it
+    return warnings
 
 
 class STYLERIG_OT_build_rig(bpy.types.Operator):
@@ -231,6 +233,7 @@ class STYLERIG_OT_new_face(bpy.types.Operator):
             self.seed = random.randrange(0, 2 ** 31)
         rig.armature["face_seed"] = int(self.seed)
         rig.armature["face_psi"] = float(self.psi)
+        clear_rest(rig)  # the match was the previous face's
         rig.armature.update_tag()
         live._submit_current()
         self.report({"INFO"}, f"face seed {self.seed}")
@@ -272,6 +275,7 @@ class STYLERIG_OT_reset_rig(bpy.types.Operator):
         if rig is None:
             return {"CANCELLED"}
         apply_params(rig, rig.layout.neutral())
+        clear_rest(rig)
         context.view_layer.update()
         return {"FINISHED"}
 

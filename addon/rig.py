@@ -43,6 +43,10 @@ ROLE_KEY = "stylerig_role"
 DOME_KEY = "stylerig_dome"
 AMBIENT_KEY = "ambient"
 SEED_KEY, PSI_KEY = "face_seed", "face_psi"
+# The parameters "Match rig to face" set (the rig's rest pose for this face). Sent with every render, so the engine
+# finds the animator's expression keys against them and not against its own reading of the face, which differs
+# after an Exact match (docs/protocol.md, `rest`).
+REST_KEY = "stylerig_rest"
 IDENTITY_PREFIX = "identity_"
 ALBEDO_PREFIX = "albedo_"
 ROOT, NECK, HEAD = "root", "neck", "head"
@@ -465,8 +469,23 @@ def apply_illumination(rig: Rig, sh) -> list[str]:
 
 
 def face_spec(rig: Rig) -> dict:
-    """The engine face of the rig: {"seed", "psi"} (StreamingRenderer re-creates it after reconnects)."""
-    return {"seed": int(rig.armature.get(SEED_KEY, 0)), "psi": float(rig.armature.get(PSI_KEY, 0.7))}
+    """The engine face of the rig: {"seed", "psi"} (StreamingRenderer re-creates it after reconnects), and
+    "rest" (D floats) when the rig was matched to the face (set_rest)."""
+    spec: dict = {"seed": int(rig.armature.get(SEED_KEY, 0)), "psi": float(rig.armature.get(PSI_KEY, 0.7))}
+    rest = rig.armature.get(REST_KEY)
+    if rest is not None and len(rest) == rig.layout.dim:  # a rig rebuilt for another layout drops it
+        spec["rest"] = [float(x) for x in rest]
+    return spec
+
+
+def set_rest(rig: Rig) -> None:
+    """Record the rig's current parameters as its rest pose for its face (right after a match)."""
+    rig.armature[REST_KEY] = [float(x) for x in read_params(rig)]
+
+
+def clear_rest(rig: Rig) -> None:
+    """Forget the rest pose: the rig no longer shows the face's match (reset, another face)."""
+    rig.armature.pop(REST_KEY, None)
 
 
 def collect_frames(scene, rig: Rig, frames) -> np.ndarray:

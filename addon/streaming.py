@@ -44,7 +44,8 @@ class StreamingRenderer:
     again, so a restarted engine's new token/address are picked up) and re-sends the latest request;
     latents given as arrays are uploaded again, since handles do not survive a restart.
 
-    `face` may be a handle (str), a latent array, or {"seed": s, "psi": psi} (re-created after reconnects).
+    `face` may be a handle (str), a latent array, or {"seed": s, "psi": psi} (re-created after reconnects),
+    with "rest": the rig's match (D floats, rig.face_spec), sent with the targets as the render's `rest`.
     """
 
     def __init__(
@@ -213,13 +214,14 @@ class StreamingRenderer:
         seq, face, targets, t0 = job
         client = self.client
         handle = self._face(face)
+        rest = face.get("rest") if isinstance(face, Mapping) and targets else None  # the rig's match (face_spec)
 
         def done(frame, err, seq=seq, t0=t0):
             self._on_reply(seq, t0, frame, err)
 
         with self._cond:
             self._last_sent = job
-        pending = client.render_async(handle, targets, callback=done, **self.options)
+        pending = client.render_async(handle, targets, rest=rest, callback=done, **self.options)
         with self._cond:
             if not pending.finished:
                 self._in_flight[seq] = pending

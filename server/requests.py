@@ -205,6 +205,15 @@ def _float_array(arrays: dict, name: str, shape_ok, expect: str) -> np.ndarray |
     return out
 
 
+def _rest(arrays: dict, spec: Spec, frames: int | None) -> np.ndarray | None:
+    """The optional 'rest' array, the parameters the client's rig shows unkeyed: (D,) for render (frames None);
+    (D,) or (frames, D) for batch_render."""
+    if frames is None:
+        return _float_array(arrays, "rest", lambda s: s == (spec.dim,), f"({spec.dim},)")
+    return _float_array(arrays, "rest", lambda s: s == (spec.dim,) or s == (frames, spec.dim),
+                        f"({spec.dim},) or ({frames}, {spec.dim})")
+
+
 def _no_more_arrays(arrays: dict) -> None:
     if arrays:
         raise _Bad(f"unexpected array(s) {sorted(arrays)[:8]} for this operation")
@@ -357,9 +366,12 @@ def _v_render(h, a, spec):
     if (handle is None) == (ws is None):
         raise _Bad("render needs exactly one face: a 'handle' or an array 'ws'")
     targets, _ = _targets(a, spec, None)
+    rest = _rest(a, spec, None)
     _no_more_arrays(a)
     fields["handle"] = handle
     arrays = {f"target/{m}": v for m, v in targets.items()}
+    if rest is not None:
+        arrays["rest"] = rest
     if ws is not None:
         arrays["ws"] = _as_wplus(ws, spec)
     return fields, arrays
@@ -390,6 +402,7 @@ def _v_batch_render(h, a, spec):
             raise _Bad(f"'count' {count} disagrees with the {frames} frames of the other inputs")
         frames = count
     targets, frames = _targets(a, spec, frames)
+    rest = a.pop("rest", None)  # checked once the frame count is known
     _no_more_arrays(a)
     frame_ids = h.get("frame_ids")
     if frame_ids is not None:
@@ -405,6 +418,7 @@ def _v_batch_render(h, a, spec):
         raise _Bad("batch_render needs per-frame inputs ('handles', 'ws' or target arrays) or a 'count'")
     if frames > spec.max_frames:
         raise _Bad(f"at most {spec.max_frames} frames per batch_render, got {frames}")
+    rest = _rest({} if rest is None else {"rest": rest}, spec, frames)
     fields.update(
         handle=handle,
         handles=handles,
@@ -413,6 +427,8 @@ def _v_batch_render(h, a, spec):
         final_quality=_bool(h, "final_quality"),  # closed-loop editing per frame (rig/final_quality.py)
     )
     arrays = {f"target/{m}": v for m, v in targets.items()}
+    if rest is not None:
+        arrays["rest"] = rest
     if ws is not None:
         arrays["ws"] = ws
     return fields, arrays

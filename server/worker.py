@@ -311,9 +311,9 @@ class Worker:
                     if job.state != "done":
                         self._fail(job, P.E_INTERNAL, f"internal error: {type(e).__name__}: {e}")
 
-    def _generate(self, ws: torch.Tensor, targets: dict) -> torch.Tensor:
+    def _generate(self, ws: torch.Tensor, targets: dict, rest: torch.Tensor | None = None) -> torch.Tensor:
         t = time.perf_counter()
-        x = self.engine.synthesize(ws, targets)
+        x = self.engine.synthesize(ws, targets, rest)
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         dt = time.perf_counter() - t
@@ -353,16 +353,17 @@ class Worker:
             except EngineError as e:
                 self._fail(job, e.code, str(e))
                 continue
-            groups.setdefault(self._modes(job), []).append((job, face))
-        for modes, items in groups.items():
+            groups.setdefault((self._modes(job), "rest" in job.req.arrays), []).append((job, face))
+        for (modes, has_rest), items in groups.items():
             group = [j for j, _ in items]
             try:
                 ws = torch.stack([w for _, w in items])
                 targets = self.engine.check_targets(
                     {m: np.stack([j.req.arrays[f"target/{m}"] for j in group]) for m in modes}, len(group)
                 )
+                rest = np.stack([j.req.arrays["rest"] for j in group]) if has_rest else None
                 t0 = time.perf_counter()
-                x = self._generate(ws, targets)
+                x = self._generate(ws, targets, self.engine.check_rest(rest, len(group)))
                 t_gen = time.perf_counter() - t0
                 by_format: dict[tuple, list[int]] = {}
                 for i, j in enumerate(group):
@@ -443,14 +444,16 @@ class Worker:
             extra = {"done": job.next_index, "total": job.req.frames} if op == "batch_render" else {}
             self._fail(job, e.code, str(e), **extra)
 
-    def _render_final(self, job: Job, ws: torch.Tensor, targets: dict) -> torch.Tensor | None:
+    def _render_final(self, job: Job, ws: torch.Tensor, targets: dict,
+                      rest: torch.Tensor | None) -> torch.Tensor | None:
         """Final-quality frames (closed-loop editing, rig/final_quality.py); None when the job is cancelled, its
         client gone or the engine stopping between two of the loop's readings (each is seconds on a CPU)."""
         from stylerig_engine.rig.final_quality import FinalQualityCancelled, render_final  # loaded only when asked for
 
         try:
             x = render_final(
-                self.engine, ws, targets, should_stop=lambda: job.cancelled or job.conn.closed or self._stopping
+                self.engine, ws, targets, rest=rest,
+                should_stop=lambda: job.cancelled or job.conn.closed or self._stopping,
             )
         except FinalQualityCancelled:
             return None
@@ -472,7 +475,11 @@ class Worker:
             ws = torch.from_numpy(a["ws"][i : i + n]).to(self.engine.device)
         modes = self._modes(job)
         targets = self.engine.check_targets({m: a[f"target/{m}"][i : i + n] for m in modes}, n)
-        x = self._render_final(job, ws, targets) if final else self._generate(ws, targets)
+        rest_given = a.get("rest")  # (D,) for every frame or (N, D)
+        rest = self.engine.check_rest(
+            rest_given if rest_given is None or rest_given.ndim == 1 else rest_given[i : i + n], n
+        )
+        x = self._render_final(job, ws, targets, rest) if final else self._generate(ws, targets, rest)
         if x is None:  # a final frame stopped between two readings: this step renders nothing
             n = 0
         images: Any = (

@@ -13,7 +13,8 @@ Contracts of the parts it is built from (all already constructed, so it is testa
   layout      the ParamLayout of the parameters p the DFR predicts and RigNets take.
   fit         fit(ws (B, num_ws, w_dim)) -> p (B, D): the DFR. Optional.
   edit        edit(ws, targets: {mode: p (B, D)}) -> ws_hat: the RigNets, applied pose, then expression, then
-              illumination. Optional; may name the modes it serves in an attribute `modes`.
+              illumination. Optional; may name the modes it serves in an attribute `modes`, and may take
+              `rest=` (B, D), the parameters the client's rig shows unkeyed (else the engine does not pass it).
 
 The engine is not thread-safe for torch work: the server calls it from a single device worker thread.
 The latent handle store alone is locked, so handles can be uploaded/released from any thread.
@@ -82,8 +83,8 @@ def load_rig(directory, device: str | torch.device = "cpu") -> tuple[Callable, C
     def fit(ws):
         return rig.fit(ws)
 
-    def edit(ws, targets):
-        return rig.edit_many(ws, targets)
+    def edit(ws, targets, rest=None):
+        return rig.edit_many(ws, targets, rest=rest)
 
     fit.layout = edit.layout = rig.layout  # type: ignore[attr-defined]
     fit.rig = edit.rig = rig  # type: ignore[attr-defined]  # final quality (rig/final_quality.py) drives it directly
@@ -149,6 +150,7 @@ class Engine:
         self._lock = threading.Lock()
         self._mapping_takes_psi = takes_keyword(generator.mapping, "psi")
         self._synthesis_takes_noise = takes_keyword(generator.synthesis, "noise_mode")
+        self._edit_takes_rest = edit is not None and takes_keyword(edit, "rest")
         self.final_quality: Any = None  # rig.final_quality.FinalQuality: built on first use, or set by the caller
 
     # ---- description ---------------------------------------------------------------------------------
@@ -345,6 +347,22 @@ class Engine:
         return self.fit_latents(self.latents(handles))
 
     # ---- rendering -----------------------------------------------------------------------------------
+    def _check_params(self, what: str, v: Any, batch: int) -> torch.Tensor:
+        """(D,) or (B, D) numbers -> (B, D) float32 tensor on the device; EngineError naming `what`."""
+        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        if a.dtype.kind not in "fiu":
+            raise EngineError(f"{what} must be numeric, got dtype {a.dtype}")
+        if a.shape == (self.layout.dim,):
+            a = np.broadcast_to(a, (batch, self.layout.dim))
+        if a.shape != (batch, self.layout.dim):
+            raise EngineError(
+                f"{what} must have shape ({self.layout.dim},) or ({batch}, {self.layout.dim}), got {tuple(a.shape)}"
+            )
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise EngineError(f"{what} contains NaN or inf")
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
     def check_targets(self, targets: Mapping[str, Any] | None, batch: int) -> dict[str, torch.Tensor]:
         """{mode: (D,) or (B, D)} -> {mode: (B, D) float32 tensor}, in edit order. Empty when no targets."""
         if not targets:
@@ -359,38 +377,29 @@ class Engine:
         missing = [m for m in targets if m not in self.edit_modes]
         if missing:
             raise NotAvailable(f"no RigNet for mode(s) {missing}; loaded: {list(self.edit_modes)}")
-        out: dict[str, torch.Tensor] = {}
-        for mode in COMPOSITION_ORDER:
-            if mode not in targets:
-                continue
-            v = targets[mode]
-            a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-            if a.dtype.kind not in "fiu":
-                raise EngineError(f"target {mode!r} must be numeric, got dtype {a.dtype}")
-            if a.shape == (self.layout.dim,):
-                a = np.broadcast_to(a, (batch, self.layout.dim))
-            if a.shape != (batch, self.layout.dim):
-                raise EngineError(
-                    f"target {mode!r} must have shape ({self.layout.dim},) or ({batch}, "
-                    f"{self.layout.dim}), got {tuple(a.shape)}"
-                )
-            a = a.astype(np.float32)
-            if not np.isfinite(a).all():
-                raise EngineError(f"target {mode!r} contains NaN or inf")
-            out[mode] = torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-        return out
+        return {m: self._check_params(f"target {m!r}", targets[m], batch) for m in COMPOSITION_ORDER if m in targets}
+
+    def check_rest(self, rest: Any, batch: int) -> torch.Tensor | None:
+        """The rig's rest parameters, (D,) or (B, D) -> (B, D) float32 tensor; None stays None (the edit then
+        finds keys against DFR's reading of the face)."""
+        return None if rest is None else self._check_params("rest", rest, batch)
 
     @torch.no_grad()
-    def synthesize(self, ws: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """ws (B, num_ws, w_dim), checked targets -> images (B, 3, R, R) in [-1, 1] (one generator call per
-        max_batch)."""
+    def synthesize(self, ws: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None,
+                   rest: torch.Tensor | None = None) -> torch.Tensor:
+        """ws (B, num_ws, w_dim), checked targets and rest -> images (B, 3, R, R) in [-1, 1] (one generator call
+        per max_batch)."""
         out = []
         for i in range(0, len(ws), self.max_batch):
             w = ws[i : i + self.max_batch]
             if targets:
                 if self.edit_fn is None:  # check_targets refuses targets without RigNets
                     raise NotAvailable("no RigNet loaded")
-                w = self.edit_fn(w, {m: t[i : i + self.max_batch] for m, t in targets.items()})
+                chunk = {m: t[i : i + self.max_batch] for m, t in targets.items()}
+                if rest is not None and self._edit_takes_rest:
+                    w = self.edit_fn(w, chunk, rest=rest[i : i + self.max_batch])
+                else:
+                    w = self.edit_fn(w, chunk)
             if self._synthesis_takes_noise:
                 out.append(self.generator.synthesis(w, noise_mode="const"))
             else:
@@ -459,9 +468,12 @@ class Engine:
         quality: int = 90,
         origin: str = "top",
         colorspace: str = "srgb",
+        rest: Any = None,
     ) -> np.ndarray | list[bytes]:
         """Handles or latents (B, num_ws, w_dim), targets {mode: (D,) or (B, D)} -> images: (B, S, S, 4) uint8
-        (rgba8), (B, S, S, 4) float16 (float16) or a list of JPEG bytes (jpeg)."""
+        (rgba8), (B, S, S, 4) float16 (float16) or a list of JPEG bytes (jpeg). rest: (D,) or (B, D), the
+        parameters the client's rig shows unkeyed (what it was matched to); the expression keys are found
+        against them (default: DFR's reading of the face)."""
         self.check_format(fmt, size, origin, colorspace)
         if isinstance(latents, (torch.Tensor, np.ndarray)):
             ws = torch.stack([self.check_latent(w) for w in latents]) if len(latents) else None
@@ -470,7 +482,8 @@ class Engine:
         if ws is None:
             raise EngineError("render needs at least one latent")
         checked = self.check_targets(targets, len(ws))
-        images = self.to_images(self.synthesize(ws, checked), size, fmt, origin=origin, colorspace=colorspace)
+        x = self.synthesize(ws, checked, self.check_rest(rest, len(ws)))
+        images = self.to_images(x, size, fmt, origin=origin, colorspace=colorspace)
         if fmt == "jpeg":
             return [encode_jpeg(im, quality) for im in images]
         return images

@@ -73,10 +73,13 @@ def test_exact_match_and_final_quality_checkbox_reach_the_engine(shipped_engine,
         expression = rig.layout.slice("expression")
         expected[expression] = expected[expression].clip(*rig.layout.range("expression"))
         np.testing.assert_allclose(R.read_params(rig), expected, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(R.face_spec(rig)["rest"], R.read_params(rig), atol=1e-6)  # the match is the rest
         assert np.abs(exact - dfr).max() > 1e-3
         scene.stylerig.exact_match = True
         assert bpy.ops.stylerig.match_rig() == {"FINISHED"}
         np.testing.assert_allclose(R.read_params(rig), exact, atol=1e-4)  # Exact match: the per-image fit
+        rest = np.asarray(R.face_spec(rig)["rest"], np.float32)
+        np.testing.assert_allclose(rest, exact, atol=1e-4)
 
         animate(rig, 2)
         scene.frame_start = scene.frame_end = 2
@@ -90,12 +93,14 @@ def test_exact_match_and_final_quality_checkbox_reach_the_engine(shipped_engine,
         with shipped_engine.connect() as c:
             h = c.new_face(3, 0.7)
             tg = targets(job.params, job.modes_used)
-            final = next(iter(c.batch_render(h, tg, size=SIZE, final_quality=True))).image
-            plain = next(iter(c.batch_render(h, tg, size=SIZE))).image
-        np.testing.assert_array_equal(frame, final)  # the checkbox asked the engine for final quality
+            final = next(iter(c.batch_render(h, tg, size=SIZE, final_quality=True, rest=rest))).image
+            plain = next(iter(c.batch_render(h, tg, size=SIZE, rest=rest))).image
+        np.testing.assert_array_equal(frame, final)  # the checkbox asked the engine for final quality, with the rest
         # (the pixels may equal the plain edit's: each face keeps its best reading, which can be the first; the
         # request itself carried the flag, job.final_quality above, and tests/test_final_quality.py checks the loop)
         assert plain.shape == frame.shape
+        assert bpy.ops.stylerig.reset_rig() == {"FINISHED"}
+        assert "rest" not in R.face_spec(rig)  # the rig no longer shows the match
     finally:
         stylerig_addon.unregister()
 

@@ -490,6 +490,38 @@ def test_live_edit_corrects_the_pose_and_the_keys_by_dfr():
         rig.edit_many(w, {"smile": target})
 
 
+def test_keys_are_found_against_the_rigs_rest():
+    """A rig matched with Exact match starts where the face is, not where DFR reads it: the keys are what the
+    animator moved from there (the add-on sends that match as `rest`). Here the rest is the face's true parameters,
+    a perfect Exact match, which differs from DFR's reading in many blendshapes."""
+    from stylerig_engine.rig import load_rig
+    from stylerig_engine.rig.evaluate import blendshape_index
+
+    rig = load_rig()
+    world, w = _held_out(32)
+    truth = world.true_params(w)
+    rest = rig.layout.clamp(truth)
+    pucker = blendshape_index(rig.layout)["mouthPucker"]
+    keyed = rest.clone()
+    keyed[:, pucker] = 0.58
+    valid = (0.58 - truth[:, pucker]).abs() > 0.1
+
+    def shown(w_hat):
+        change = world.true_params(w_hat)[:, pucker] - truth[:, pucker]
+        return (change[valid] / (0.58 - truth)[valid, pucker]).median()
+
+    # against DFR's reading the start looks like a whole other expression: nothing is corrected (40 % -> 49 %) ...
+    assert rig.key_weights(w, keyed).sum(1).median() == 0
+    weights = rig.key_weights(w, keyed, rest)
+    assert weights.sum(1).sub(weights[:, pucker]).abs().max() == 0 and weights[:, pucker].median() == 1
+    alone = shown(rig.edit(w, "expression", keyed, corrections={}))
+    assert shown(rig.edit(w, "expression", keyed, rest=rest)) > max(0.85, alone + 0.3)  # 40 % -> 98 %
+    # a rest equal to DFR's reading is the default; unkeyed, the live edit is RigNet's alone
+    start = rig.fit(w)
+    assert torch.equal(rig.edit(w, "expression", keyed, rest=start), rig.edit(w, "expression", keyed))
+    assert torch.equal(rig.edit(w, "expression", rest, rest=rest), rig.rignets["expression"](w, rest))
+
+
 def test_closed_loop_needs_landmarks_and_known_modes(capsys):
     from stylerig_engine.cli import main
     from stylerig_engine.corpus import CorpusConfigError

@@ -532,6 +532,46 @@ def test_renders_from_several_clients_share_one_generator_call(serve):
         np.testing.assert_array_equal(res.arrays["image"], r.engine.render([h], size=12 + i)[0])
 
 
+def test_rest_travels_with_renders_and_batches(serve):
+    r = serve(rig=True, max_batch=8)
+    clients = [r.client() for _ in range(4)]
+    h = clients[0].new_face(4)
+    p = clients[0].fit(h)
+    rest = [None, p + 0.1, None, p - 0.2]
+    gate, entered = hold(r)
+    blocker = clients[0].render_async(h, slot="blocker")
+    assert entered.wait(5)
+    pending = [c.render_async(h, {"expression": p}, rest=x) for c, x in zip(clients, rest)]
+    wait_stats(r, lambda s: s["queued_renders"] == 4)
+    r.engine.generator.batches.clear()
+    gate.set()
+    blocker.result(10)
+    results = [q.result(10).arrays["image"] for q in pending]
+    assert sorted(r.engine.generator.batches) == [1, 2, 2]  # the blocker; with and without a rest: two calls
+    for image, x in zip(results, rest):
+        np.testing.assert_array_equal(image, r.engine.render([h], {"expression": p}, rest=x)[0])
+    assert not np.array_equal(results[0], results[1])
+    # batch_render: one rest for every frame, or one per frame
+    n = 3
+    targets = np.repeat(p[None], n, 0)
+    per_frame = p + np.linspace(0, 0.3, n)[:, None].astype(np.float32)
+    for x in (p + 0.1, per_frame):
+        frames = np.stack([f.image for f in clients[0].batch_render(h, {"expression": targets}, rest=x)])
+        np.testing.assert_array_equal(frames, r.engine.render([h] * n, {"expression": targets}, rest=x))
+    # the live preview sends the rig's match (the face spec's "rest") with its targets
+    stream = StreamingRenderer(lambda: Client.connect(r.info))
+    try:
+        seq = stream.submit({"seed": 4, "psi": 0.7, "rest": [float(x) for x in rest[1]]}, {"expression": p})
+        np.testing.assert_array_equal(stream.wait(seq, 10).image, results[1])
+    finally:
+        stream.close()
+    e = expect_error("bad_request", clients[0].render, h, {"expression": p}, rest=p[:-1])
+    assert "array 'rest' must have shape" in str(e)
+    e = expect_error("bad_request",
+                     lambda: list(clients[0].batch_render(h, {"expression": targets}, rest=per_frame[:2])))
+    assert "'rest'" in str(e) and f"({n}, {len(p)})" in str(e)
+
+
 def test_full_queues_answer_busy(serve):
     r = serve(worker_config=WorkerConfig(max_batch=8, max_interactive=2, max_jobs=2, max_jobs_per_client=2))
     a, b, c = r.client(), r.client(), r.client()

@@ -93,7 +93,7 @@ def tiny_model() -> MorphableModel:
 
 class TinyRig:
     """DFR + RigNets stand-ins: fit is linear in the mean latent; edit shifts ws by a function of each target
-    and records the order in which it composed the modes."""
+    (and of the rest it is given, if any) and records the order in which it composed the modes."""
 
     def __init__(
         self, generator: TinyGenerator, layout: ParamLayout, modes=("pose", "expression", "illumination")
@@ -107,17 +107,19 @@ class TinyRig:
     def fit(self, ws: torch.Tensor) -> torch.Tensor:
         return ws.mean(1) @ self.m
 
-    def edit(self, ws: torch.Tensor, targets: dict) -> torch.Tensor:
+    def edit(self, ws: torch.Tensor, targets: dict, rest: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append(list(targets))
         for mode, p in targets.items():
             ws = ws + (p @ self.n[mode])[:, None, :]
+        if rest is not None:  # as the real rig, rest changes the edit (which keys it corrects)
+            ws = ws - 0.5 * (rest @ self.n[next(iter(targets))])[:, None, :]
         return ws
 
     # make `edit` advertise its modes like a loaded RigNet set would
     @property
     def edit_fn(self):
-        def edit(ws, targets):
-            return self.edit(ws, targets)
+        def edit(ws, targets, rest=None):
+            return self.edit(ws, targets, rest)
 
         edit.modes = self.modes
         return edit
@@ -240,6 +242,28 @@ def test_fit_and_edit_compose_in_stylerig_order():
     with pytest.raises(EngineError, match="NaN"):
         e.render([h], {"pose": bad})
     assert e.info()["edit_modes"] == ["pose", "expression", "illumination"]
+
+
+def test_rest_reaches_the_edit_and_is_checked():
+    e = make_engine(rig=True, max_batch=2)
+    hs = e.new_faces([1, 2, 3])
+    p = e.fit(hs)
+    rest = p[0] + 0.1
+    with_rest = e.render(hs, {"expression": p}, rest=rest, fmt="float16")
+    # (D,) is every face's; the edit gets it per face, split like the targets (max_batch 2: two calls)
+    ws_rest = e.rig.edit(e.latents(hs), {"expression": torch.from_numpy(p)}, torch.from_numpy(rest).expand(3, -1))
+    np.testing.assert_allclose(with_rest, e.to_images(e.generator.synthesis(ws_rest), fmt="float16"), atol=1e-3)
+    assert not np.array_equal(with_rest, e.render(hs, {"expression": p}, fmt="float16"))
+    np.testing.assert_array_equal(e.render(hs, rest=rest), e.render(hs))  # no targets: nothing is edited
+    for bad, message in ((rest[:-1], "rest must have shape"), (np.stack([rest] * 2), "rest must have shape"),
+                         (np.full_like(rest, np.nan), "rest contains NaN"), (np.array(["x"] * len(rest)), "numeric")):
+        with pytest.raises(EngineError, match=message):
+            e.render(hs, {"expression": p}, rest=bad)
+    # an edit hook that does not take `rest` finds keys its own way: rest is not passed to it
+    plain = Engine(e.generator, e.model, e.layout, fit=e.rig.fit,
+                   edit=lambda ws, targets: e.rig.edit(ws, targets), max_batch=2)
+    np.testing.assert_array_equal(plain.render([plain.upload(e.latent(hs[0]))], {"expression": p[0]}, rest=rest),
+                                  e.render(hs[:1], {"expression": p[0]}))
 
 
 def test_geometry_describes_the_rig():

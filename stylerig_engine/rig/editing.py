@@ -5,6 +5,7 @@
     ws_hat = rig.edit(ws, "pose", target)               # one mode
     ws_hat = rig.edit_many(ws, {"pose": t1, "expression": t2, "illumination": t3})  # composed
     ws_hat = rig.edit(ws, "pose", target, corrections={})  # RigNet alone, without the reader's corrections
+    ws_hat = rig.edit(ws, "expression", target, rest=p_rig)  # keys found against the rig's matched values
 
 The edit is the live path: RigNet's edit, then, for the modes in LIVE_CORRECTIONS, a few corrections by DFR's own
 reading of the result (corrected_edit with DFR as the sensor). DFR reads a latent in a millisecond, so the
@@ -42,7 +43,9 @@ CORRECTED_BLOCKS: dict[str, tuple[str, ...]] = {"pose": ("rotation",)}
 # from 0 at a change of KEY_RAMP[0] to 1 at KEY_RAMP[1], and only while few are moved at once (full weight up to
 # KEYS_CORRECTED[0] keyed entries, none from KEYS_CORRECTED[1]). Corrected everywhere, it chased DFR's misreadings
 # of blendshapes nobody keyed, and a whole other face's expression (12-30 entries moved) drifted 0.127 -> 0.19-0.22 σ.
-# Both ramps keep the edit continuous in the keys, so an animated key never pops.
+# Both ramps keep the edit continuous in the keys, so an animated key never pops. "Moves from" means from the rig's
+# rest values when the caller knows them (the add-on sends what "Match rig to face" set, `rest`), else from DFR's
+# reading of the face, which is what the default match sets.
 KEY_RAMP = (0.05, 0.3)
 KEYS_CORRECTED = (4.0, 8.0)
 Reader = Callable[[torch.Tensor], torch.Tensor]  # latents (B, num_ws, w_dim) -> parameters (B, D)
@@ -151,19 +154,21 @@ class Rig(torch.nn.Module):
         return self.dfr(ws)
 
     def edit(self, ws: torch.Tensor, mode: str, target: torch.Tensor, *,
-             corrections: Mapping[str, int] | None = None) -> torch.Tensor:
+             corrections: Mapping[str, int] | None = None, rest: torch.Tensor | None = None) -> torch.Tensor:
         """ŵ for one mode; target (B, D) or (D,) parameters of which only the mode's blocks are read.
-        corrections: as edit_many's."""
-        return self.edit_many(ws, {mode: target}, corrections=corrections)
+        corrections, rest: as edit_many's."""
+        return self.edit_many(ws, {mode: target}, corrections=corrections, rest=rest)
 
     def edit_many(self, ws: torch.Tensor, targets: Mapping[str, torch.Tensor], *,
-                  corrections: Mapping[str, int] | None = None) -> torch.Tensor:
+                  corrections: Mapping[str, int] | None = None, rest: torch.Tensor | None = None) -> torch.Tensor:
         """Edits of several modes composed in COMPOSITION_ORDER, then DFR's corrections (corrected_edit).
 
         Keyword args:
           ws: (B, num_ws, w_dim) latents.
           targets: {mode: (B, D) or (D,) parameters}.
           corrections: DFR readings that correct each mode's command (default: the rig's; {}: RigNets alone).
+          rest: (B, D) or (D,) the parameters the animator's rig shows unkeyed (what it was matched to); the
+            expression keys are what the target moves from them (key_weights). Default: DFR's reading of ws.
         """
         unknown = set(targets) - set(CONTROL_MODES)
         if unknown:
@@ -179,7 +184,8 @@ class Rig(torch.nn.Module):
                 continue
             blocks = torch.as_tensor(self.layout.mask(CORRECTED_BLOCKS.get(m, CONTROL_MODES[m])), dtype=ws.dtype,
                                      device=ws.device)
-            weights[m] = blocks * self.key_weights(ws, targets[m]) if m == "expression" else blocks.expand(len(ws), -1)
+            weights[m] = (blocks * self.key_weights(ws, targets[m], rest) if m == "expression"
+                          else blocks.expand(len(ws), -1))
             if not weights[m].any():  # nothing keyed: RigNet's edit as it is, no readings spent on it
                 del weights[m]
         if not weights:
@@ -189,10 +195,12 @@ class Rig(torch.nn.Module):
                               gain=dict.fromkeys(weights, 1.0), weights=weights, keep_best=False)
 
     @torch.no_grad()
-    def key_weights(self, ws: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(B, D) how much of each expression entry the live edit corrects: the keys (KEY_RAMP, KEYS_CORRECTED)."""
-        own = self.dfr(ws)  # the face's own reading, as "Match rig to face" sets the rig
-        change = target.to(own) - own  # (B, D) or (D,), broadcast
+    def key_weights(self, ws: torch.Tensor, target: torch.Tensor, rest: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) how much of each expression entry the live edit corrects: the keys (KEY_RAMP, KEYS_CORRECTED),
+        the entries `target` moves from `rest` ((B, D) or (D,); default: DFR's reading of ws, as the default
+        "Match rig to face" sets the rig)."""
+        own = self.dfr(ws) if rest is None else rest.to(ws).expand(len(ws), -1)
+        change = target.to(own) - own  # (B, D)
         lo, hi = KEY_RAMP
         keyed = ((change.abs() - lo) / (hi - lo)).clamp(0, 1)
         few, many = KEYS_CORRECTED

@@ -96,10 +96,10 @@ def fit_final(engine: Engine, handles: Sequence[str]) -> np.ndarray:
 
 @torch.no_grad()
 def edit_final(engine: Engine, ws: torch.Tensor, targets: Mapping[str, torch.Tensor], *,
-               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+               rest: torch.Tensor | None = None, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """ŵ (B, num_ws, w_dim): ws edited by closed-loop editing towards targets {mode: (B, D)} (as
-    engine.check_targets returns them; at least one). FinalQualityCancelled when should_stop() says so between
-    two readings."""
+    engine.check_targets returns them; at least one); rest (B, D): the rig's rest parameters (engine.check_rest).
+    FinalQualityCancelled when should_stop() says so between two readings."""
     fq = final_quality(engine)
     missing = [m for m in targets if m not in fq.rig.modes]
     if missing:
@@ -107,9 +107,10 @@ def edit_final(engine: Engine, ws: torch.Tensor, targets: Mapping[str, torch.Ten
     edited = []
     for i in range(0, len(ws), engine.max_batch):
         chunk = {m: t[i : i + engine.max_batch] for m, t in targets.items()}
+        chunk_rest = None if rest is None else rest[i : i + engine.max_batch]
         try:
             edited.append(closed_loop_edit_many(fq.rig, fq.reader, ws[i : i + engine.max_batch], chunk,
-                                                iterations=fq.iterations, should_stop=should_stop))
+                                                iterations=fq.iterations, rest=chunk_rest, should_stop=should_stop))
         except LoopInterrupted as e:
             raise FinalQualityCancelled(f"final-quality render {e}") from None
         except ValueError as e:  # the reader found no face (no landmarks) in an edited image
@@ -118,11 +119,11 @@ def edit_final(engine: Engine, ws: torch.Tensor, targets: Mapping[str, torch.Ten
 
 
 def render_final(engine: Engine, ws: torch.Tensor, targets: Mapping[str, torch.Tensor], *,
-                 should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+                 rest: torch.Tensor | None = None, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Images (B, 3, R, R) in [-1, 1] of edit_final's ŵ; without targets, the faces as generated."""
     if not targets:
         return engine.synthesize(ws, None)
-    return engine.synthesize(edit_final(engine, ws, targets, should_stop=should_stop), None)
+    return engine.synthesize(edit_final(engine, ws, targets, rest=rest, should_stop=should_stop), None)
 
 
 def _read(fq: FinalQuality, ws: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ def closed_loop_edit(rig: Rig, reader: ImageReader, ws: torch.Tensor, mode: str,
 
 
 def closed_loop_edit_many(rig: Rig, reader: ImageReader, ws: torch.Tensor, targets: Mapping[str, torch.Tensor], *,
-                          iterations: int = 3, gain: float = 1.0,
+                          iterations: int = 3, gain: float = 1.0, rest: torch.Tensor | None = None,
                           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """ŵ whose image shows each mode's target more exactly than the rig's composed edit (rig.edit_many).
 
@@ -133,9 +133,13 @@ def closed_loop_edit_many(rig: Rig, reader: ImageReader, ws: torch.Tensor, targe
       targets: {mode: (B, D) or (D,) parameters}; each mode's RigNet reads only its own blocks.
       iterations: sensor readings (each one fit); iterations=0 is the rig's plain edit.
       gain: fraction of the measured miss added to each mode's command each iteration.
+      rest: the rig's rest parameters, for the actuator's key corrections (Rig.edit_many).
       should_stop: asked before every reading; when it returns True, editing.LoopInterrupted is raised.
     """
-    return corrected_edit(rig.edit_many, reader, rig.layout, ws, targets, iterations=iterations, gain=gain,
+    def actuate(w: torch.Tensor, commands: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return rig.edit_many(w, commands, rest=rest)
+
+    return corrected_edit(actuate, reader, rig.layout, ws, targets, iterations=iterations, gain=gain,
                           should_stop=should_stop)
 
 
