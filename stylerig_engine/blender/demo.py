@@ -114,6 +114,8 @@ def _demo(args, out: Path, client, notes: list[str], times: dict[str, float], t_
         base = rig.layout.neutral()
         notes.append("the engine cannot fit faces (no DFR): the rig starts from the model's neutral face")
     notes.extend(R.apply_params(rig, base))
+    if info.get("fit"):
+        R.set_rest(rig)  # as "Match rig to face" does: the renders find the keys against what the rig shows
     times["rig_build"] = time.perf_counter() - t
 
     t = time.perf_counter()
