@@ -350,6 +350,39 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     assert report["modes"]["pose"]["no_edit"]["drift_mean"] == 0.0
 
 
+def test_train_all_ends_with_the_consistency_ramp(tmp_path):
+    """The shipped recipe's last stage: the illumination RigNet fine-tuned at α_pc 10, 30, 100, 200 in turn, each
+    stage starting from the last; the rig (evaluated, shipped) is DFR with the ramp's final RigNet."""
+    from stylerig_engine.cli import main
+    from stylerig_engine.rig import load_rig
+    from stylerig_engine.rig.commands import CONSISTENCY_RAMP, RAMP_LR
+
+    run, ship = tmp_path / "run", tmp_path / "ship"
+    assert main(["train", "all", "--generator", "synthetic:32", "--count", "16", "--batch", "8", "--dfr-steps", "1",
+                 "--distill-steps", "0", "--rignet-steps", "1", "--ramp-steps", "1", "--modes", "illumination",
+                 "--eval-count", "4", "--layer-code", "8", "--rignet-loss", "edit_focus=3", "--out", str(run),
+                 "--ship", str(ship)]) == 0
+    alphas = CONSISTENCY_RAMP["illumination"]
+    assert alphas == (10.0, 30.0, 100.0, 200.0)
+    previous = run / "rignet-illumination.safetensors"
+    for alpha in alphas:
+        stage = run / "consistency-ramp" / f"illumination-{alpha:g}"
+        config = json.loads((stage / "rignet-illumination.config.json").read_text())
+        assert (config["init"], config["lr"], config["steps"]) == (str(previous), RAMP_LR, 1)
+        assert config["rignet_loss"]["parameter_consistency"] == alpha
+        assert config["rignet_loss"]["edit_focus"] == 3  # the run's own --rignet-loss is kept
+        previous = stage / "rignet-illumination.safetensors"
+    rig = load_rig(run / "rig")
+    last = load_network(previous).state_dict()
+    assert all(torch.equal(v, last[k]) for k, v in rig.rignets["illumination"].state_dict().items())
+    assert torch.equal(rig.dfr.net[0].weight, load_network(run / "dfr.safetensors").net[0].weight)
+    report = json.loads((ship / "evaluation.json").read_text())
+    assert report["training"]["consistency_ramp"] == {"illumination": list(alphas)}
+    assert json.loads((ship / "rignet-illumination.config.json").read_text())["rignet_loss"][
+        "parameter_consistency"] == 200.0
+    assert load_rig(ship).modes == ["illumination"]
+
+
 def coarse_pixels(device="cpu"):
     """Stand-in identity model for tests: the image pooled to 8 x 8, flattened (no face-recognition weights here)."""
     return lambda images: torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
