@@ -732,6 +732,23 @@ def test_rig_drives_the_engines_rignets(rignet_engine, geometry, tmp_path):
             plain = np.array(c.render(h, size=SIZE, format="float16", colorspace="linear", origin="bottom"))
         np.testing.assert_array_equal(first.image, ref)
         assert np.abs(ref.astype(np.float32) - plain.astype(np.float32)).max() > 0.01  # the edit shows
+        # a matched rig sends its rest: the engine finds the keys (here jawOpen alone) against it, not against
+        # DFR's reading, from which this rest is five blendshapes away
+        for name in [n for n in rig.layout.entries("expression") if n != "jawOpen"][:5]:
+            rig.key_blocks[name].value = 0.5
+        R.set_rest(rig)
+        rest = R.read_params(rig)
+        rig.key_blocks["jawOpen"].value = 0.7
+        preview.submit(rig, update=True)
+        keyed = poll_until(preview, lambda r: r is not None and r.seq == preview.last_seq)
+        p = R.read_params(rig)
+        with rignet_engine.connect() as c:
+            h = c.new_face(7, 0.7)
+            args = dict(size=SIZE, format="float16", colorspace="linear", origin="bottom")
+            with_rest = np.array(c.render(h, {m: p for m in ("pose", "expression", "illumination")}, rest=rest, **args))
+            without = np.array(c.render(h, {m: p for m in ("pose", "expression", "illumination")}, **args))
+        np.testing.assert_array_equal(keyed.image, with_rest)
+        assert not np.array_equal(with_rest, without)
     finally:
         preview.close()
     animate(rig, 3)
