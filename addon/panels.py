@@ -7,7 +7,7 @@ import bpy
 from . import live
 from .operators import BatchState, EngineStarter
 from .properties import settings
-from .rig import AMBIENT_KEY, PSI_KEY, SEED_KEY, find_rig
+from .rig import AMBIENT_KEY, PSI_KEY, REST_KEY, SEED_KEY, find_rig
 from .session import SESSION
 
 
@@ -51,6 +51,10 @@ class STYLERIG_PT_rig(_StylerigPanel):
         row.operator("stylerig.new_face", icon="FILE_REFRESH")
         row.operator("stylerig.match_rig", icon="SNAP_ON")
         row.prop(settings(context), "exact_match", toggle=True)
+        if REST_KEY in rig.armature:  # the renders find the expression keys against it (docs/blender.md)
+            layout.label(text="matched: keys count from the match", icon="CHECKMARK")
+        else:
+            layout.label(text="not matched: keys count from the engine's reading", icon="INFO")
         layout.operator("stylerig.reset_rig", icon="LOOP_BACK")
         layout.prop(rig.armature, f'["{AMBIENT_KEY}"]', text="Ambient")
         layout.label(text="head: pose bone 'head' (XYZ = pitch, yaw, roll); lights: the rig's suns")
