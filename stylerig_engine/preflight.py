@@ -73,7 +73,8 @@ def run_preflight(generator: str, out: str | os.PathLike, *, count: int = 8, bat
     for name in names:
         assert (out / f"{name}.safetensors").exists(), f"{name}.safetensors missing"
         assert _log_steps(out / f"{name}.log.jsonl")[-1] == steps
-    evaluation = json.loads((out / "evaluation.json").read_text())
+    rig = out / "rig" if (out / "rig").is_dir() else out  # where train all put the rig (after a consistency ramp)
+    evaluation = json.loads((rig / "evaluation.json").read_text())
     assert evaluation["training"]["landmarks"] == "preflight"
     report["evaluation_rows"] = sorted(k for k in evaluation if isinstance(evaluation[k], dict))
 
@@ -89,7 +90,7 @@ def run_preflight(generator: str, out: str | os.PathLike, *, count: int = 8, bat
     report["resumed"] = names
 
     if serve:
-        report["serve"] = serve_check(generator, out, device, manifest["generator"], mode_list[0])
+        report["serve"] = serve_check(generator, rig, device, manifest["generator"], mode_list[0])
     return report
 
 

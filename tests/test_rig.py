@@ -359,7 +359,7 @@ def test_train_all_ends_with_the_consistency_ramp(tmp_path):
 
     run, ship = tmp_path / "run", tmp_path / "ship"
     assert main(["train", "all", "--generator", "synthetic:32", "--count", "16", "--batch", "8", "--dfr-steps", "1",
-                 "--distill-steps", "0", "--rignet-steps", "1", "--ramp-steps", "1", "--modes", "illumination",
+                 "--distill-steps", "0", "--rignet-steps", "1", "--modes", "illumination",
                  "--eval-count", "4", "--layer-code", "8", "--rignet-loss", "edit_focus=3", "--out", str(run),
                  "--ship", str(ship)]) == 0
     alphas = CONSISTENCY_RAMP["illumination"]
