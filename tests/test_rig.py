@@ -704,6 +704,73 @@ def test_dfr_distillation_caches_its_targets_and_logs_the_term(corpus, tmp_path)
         TrainConfig(net="rignet", mode="pose", dfr="x", corpus="c", out="o", distill=1.0)
 
 
+def test_chunked_tables_resume_at_the_chunks_not_yet_computed(tmp_path):
+    from stylerig_engine.rig.train import chunked_table
+
+    calls: list[int] = []
+
+    def compute(k, fail_at=None):
+        if k == fail_at:
+            raise KeyboardInterrupt  # the run is stopped in chunk 2
+        calls.append(k)
+        return {"x": torch.full((2, 3), float(k)), "k": torch.tensor([k, k])}
+
+    path, key = tmp_path / "table.safetensors", {"what": "test"}
+    with pytest.raises(KeyboardInterrupt):
+        chunked_table(path, key, 4, lambda k: compute(k, fail_at=2), desc="t", progress=False)
+    assert calls == [0, 1] and not path.exists()
+    table = chunked_table(path, key, 4, compute, desc="t", progress=False)
+    assert calls == [0, 1, 2, 3]  # chunks 0 and 1 were kept, not computed again
+    assert torch.equal(table["k"], torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])) and table["x"].shape == (8, 3)
+    assert not path.with_name("table.safetensors.chunks").exists()  # the finished table replaces its chunks
+    assert torch.equal(chunked_table(path, key, 4, lambda k: 1 / 0, desc="t", progress=False)["k"], table["k"])
+    with pytest.raises(KeyboardInterrupt):  # another key (another teacher): nothing of the old table is reused
+        chunked_table(path, {"what": "other"}, 4, lambda k: compute(k, fail_at=0), desc="t", progress=False)
+
+
+def test_photometric_fits_read_the_image_and_are_distilled(corpus, tmp_path, monkeypatch):
+    """fit_photometric explains the corpus images better than the landmark fit it starts from, and a render-free
+    student distils a cached table of them (TrainConfig.fits='photometric')."""
+    from safetensors.torch import load_file
+
+    from stylerig_engine.corpus import Corpus
+    from stylerig_engine.render.face import FaceRenderer
+    from stylerig_engine.rig.fitting import PHOTOMETRIC_FIT_WEIGHTS, fit_landmarks, fit_photometric
+    from stylerig_engine.rig.losses import FaceLoss, region_model
+    from stylerig_engine.rig.train import TrainConfig, train
+
+    root, world = corpus
+    teacher = train(TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "t"), batch=8, hidden=32, steps=2),
+                    progress=False)
+    dfr = load_network(teacher)
+    ws, images, landmarks, _ = Corpus(root).batch(np.arange(8))
+    renderer = FaceRenderer(region_model(world.model), dfr.layout, image_size=32)
+    with torch.no_grad():
+        start = dfr(ws)
+    geometry = fit_landmarks(renderer, landmarks, start)
+    fitted = fit_photometric(renderer, images, landmarks, start, steps=60)
+    loss = FaceLoss(renderer, PHOTOMETRIC_FIT_WEIGHTS)
+    with torch.no_grad():
+        before, after = (loss.data_terms(p, images, landmarks)["photometric"].mean() for p in (geometry, fitted))
+    assert after < 0.8 * before
+    truth = world.true_params(ws)
+    light = dfr.layout.slice("illumination")
+    assert (fitted - truth)[:, light].abs().mean() < (geometry - truth)[:, light].abs().mean()
+    from stylerig_engine.rig import fitting
+
+    monkeypatch.setattr(fitting, "PHOTOMETRIC_FIT_STEPS", 5)  # the table's machinery, not the fits' quality, here
+    cfg = TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "s"), batch=8, hidden=32, steps=2, distill=1.0,
+                      render=False, teacher=str(teacher), fits="photometric")
+    train(cfg, progress=False)
+    cached = load_file(str(tmp_path / "s" / "dfr.photometric-fit-targets.safetensors"))
+    table = cached["targets"]
+    assert table.shape == (48, dfr.layout.dim) and torch.isfinite(table).all()
+    with pytest.raises(ValueError, match="fits must be one of"):
+        TrainConfig(net="dfr", corpus="c", out="o", fits="photometric")  # needs distillation
+    with pytest.raises(ValueError, match="fits must be one of"):
+        TrainConfig(net="dfr", corpus="c", out="o", distill=1.0, fits="dense")
+
+
 def test_a_wider_dfr_learns_from_a_teacher_without_rendering(corpus, tmp_path, monkeypatch):
     """render=False with a teacher: the targets are the teacher's landmark fits (the table is keyed by the teacher),
     the student never renders and learns every block of them; teacher and render=False need distillation."""

@@ -67,6 +67,9 @@ def register(subparsers) -> None:
     dfr.add_argument("--distill", type=float, default=0.0,
                      help="weight of the landmark-fit distillation term (0: off; see docs/rig.md); best with --init "
                           "a trained DFR")
+    dfr.add_argument("--fits", choices=("landmark", "photometric"), default="landmark",
+                     help="with --distill: the per-image fits distilled: landmark (seconds for a corpus) or "
+                          "photometric (every block, ~1.8 s a face on a CPU core: a GPU job; resumable; docs/rig.md)")
     dfr.add_argument("--hidden", type=int, default=256, help="width of DFR's hidden layers")
     dfr.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                      help="with --distill: the trained DFR whose readings start the landmark fits and give the other "
@@ -220,7 +223,7 @@ def _config(args, net: str, **overrides):
     weights = LossWeights()
     if net == "dfr":
         kw["layer_code"] = args.layer_code
-        for name in ("hidden", "teacher", "render"):
+        for name in ("hidden", "teacher", "render", "fits"):
             if hasattr(args, name):
                 kw[name] = getattr(args, name)
         if getattr(args, "edited_by", None):

@@ -78,6 +78,10 @@ class TrainConfig:
       teacher: DFR only, with distill: the trained DFR checkpoint whose readings start the landmark fits and give
         the targets of the blocks landmarks do not fit (default: the run's own initial network), so that a fresh,
         wider DFR can learn from a trained one.
+      fits: DFR only, with distill: the per-image fits distilled, "landmark" (fitting.fit_landmarks: seconds for a
+        corpus, reads pose and the expressions landmarks show) or "photometric" (fitting.fit_photometric: every
+        block, the expressions landmarks miss too, ~1.8 s a face on a CPU core: a GPU job for a corpus; cached chunk
+        by chunk in <out>/dfr.photometric-fit-targets.safetensors, so an interrupted run resumes).
       render: DFR only: False trains on the distillation targets alone, every block (the fits' geometry, the
         starting reading's identity, albedo and light), with no render: a regression that costs a small fraction
         of a self-supervised step, so a wider network can be trained on many more samples (needs distill > 0).
@@ -125,6 +129,7 @@ class TrainConfig:
     init: str | None = None
     distill: float = 0.0
     teacher: str | None = None
+    fits: str = "landmark"
     render: bool = True
     key_edits: float = 0.0
     shared_code: bool = False
@@ -151,6 +156,8 @@ class TrainConfig:
             raise ValueError("steps must be >= 1, batch >= 2 and lr > 0")
         if not self.distill >= 0 or (self.distill and self.net != "dfr"):
             raise ValueError(f"distill must be >= 0 and is for DFR runs only, got {self.distill} for {self.net}")
+        if self.fits not in FITS or (self.fits != "landmark" and not self.distill):
+            raise ValueError(f"fits must be one of {FITS} ('photometric' with distill > 0), got {self.fits!r}")
         if (self.teacher or not self.render) and (self.net != "dfr" or not self.distill):
             raise ValueError("teacher and render=False are for DFR runs with distill > 0 (distillation)")
         if self.shared_code and self.net != "rignet":
@@ -265,6 +272,7 @@ def _initialise_from(net: DFR | RigNet, path: str) -> None:
 
 # ---- landmark-fit distillation -------------------------------------------------------------------------
 DISTILL_BLOCKS = ("expression", "rotation", "translation")  # what a face's 68 landmarks pin down per image
+FITS = ("landmark", "photometric")  # the per-image fits DFR can distil (TrainConfig.fits)
 
 
 def _network_hash(net: torch.nn.Module) -> str:
@@ -276,44 +284,45 @@ def chunked_table(path: Path, key: dict[str, str], chunks: int, compute, *, desc
                   progress: bool = True) -> dict[str, torch.Tensor]:
     """A table computed chunk by chunk and cached at `path` (atomic; reused while its metadata equals `key`):
     compute(k) -> {name: (n_k, ...) tensor} for chunk k in range(chunks); the chunks' rows are concatenated in
-    order. Under torchrun every rank computes every world-th chunk and rank 0 assembles the table; call on every
-    rank."""
+    order. Every finished chunk is kept in `<path>.chunks/` until the table is written, so an interrupted run
+    resumes at the chunks it had not finished (photometric fits take hours). Under torchrun every rank computes
+    every world-th chunk and rank 0 assembles the table; call on every rank."""
 
-    def cached() -> dict[str, torch.Tensor] | None:
-        if path.is_file():
-            with safe_open(str(path), "pt") as f:
+    def cached(file: Path) -> dict[str, torch.Tensor] | None:
+        if file.is_file():
+            with safe_open(str(file), "pt") as f:
                 if f.metadata() == key:
                     return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iter)
         return None
 
-    table = cached()
+    table = cached(path)
     if table is not None:
         return table
     d = _dist()
     rank, world = (d.get_rank(), d.get_world_size()) if d else (0, 1)
-    mine: dict[str, torch.Tensor] = {}
+    parts = path.with_name(f"{path.name}.chunks")
+    parts.mkdir(parents=True, exist_ok=True)
     for k in tqdm(range(rank, chunks, world), desc=desc, unit="chunk", disable=not progress or rank != 0):
-        for name, value in compute(k).items():
-            mine[f"{k}/{name}"] = value.cpu().contiguous()
-    part = path.with_name(f"{path.name}.part{rank}")
+        if cached(parts / f"{k}.safetensors") is None:
+            chunk = {name: value.cpu().contiguous() for name, value in compute(k).items()}
+            with atomic_write(parts / f"{k}.safetensors") as f:
+                f.write(save(chunk, metadata=key))
     if d is not None and world > 1:
-        with atomic_write(part) as f:
-            f.write(save(mine))
         d.barrier()
     if rank == 0:
-        for r in range(1, world):
-            other = path.with_name(f"{path.name}.part{r}")
-            mine.update(load_file(str(other)))
-            other.unlink()
-        part.unlink(missing_ok=True)
-        names = sorted({entry.split("/", 1)[1] for entry in mine})
-        table = {name: torch.cat([mine[f"{k}/{name}"] for k in range(chunks)]) for name in names}
+        done = [c for c in (cached(parts / f"{k}.safetensors") for k in range(chunks)) if c is not None]
+        if len(done) != chunks:
+            raise RuntimeError(f"{parts}: a chunk another rank computed cannot be read")
+        table = {name: torch.cat([c[name] for c in done]) for name in done[0]}
         with atomic_write(path) as f:
             f.write(save(table, metadata=key))
+        for k in range(chunks):
+            (parts / f"{k}.safetensors").unlink(missing_ok=True)
+        parts.rmdir()
     if d is not None and world > 1:
         d.barrier()
     if table is None:
-        table = cached()
+        table = cached(path)
     if table is None:
         raise RuntimeError(f"{path}: the table rank 0 wrote cannot be read")
     return table
@@ -339,6 +348,29 @@ def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path:
         return {"targets": fit_landmarks(renderer, landmarks, reading)}
 
     return chunked_table(path, key, -(-len(corpus) // chunk), fit, desc="landmark fits",
+                         progress=progress)["targets"]
+
+
+def photometric_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 256,
+                            progress: bool = True) -> torch.Tensor:
+    """(N, D) photometric fits (fitting.fit_photometric) of every corpus sample, started from dfr's reading; cached at
+    `path`, chunk by chunk, so an interrupted run resumes (hours on a CPU). Under torchrun every rank fits every
+    world-th chunk; call on every rank."""
+    from .fitting import PHOTOMETRIC_FIT_STEPS, fit_photometric
+
+    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)), "dfr": _network_hash(dfr),
+           "fits": "photometric", "steps": str(PHOTOMETRIC_FIT_STEPS)}
+    device = next(dfr.parameters()).device
+    if not corpus.has_landmarks:
+        raise ValueError(f"{corpus.root}: the corpus has no landmarks; photometric fits start from landmark fits")
+
+    def fit(k: int) -> dict[str, torch.Tensor]:
+        ws, images, landmarks, _ = corpus.batch(np.arange(k * chunk, min((k + 1) * chunk, len(corpus))), device)
+        with torch.no_grad():
+            reading = dfr(ws)
+        return {"targets": fit_photometric(renderer, images, landmarks, reading, steps=PHOTOMETRIC_FIT_STEPS)}
+
+    return chunked_table(path, key, -(-len(corpus) // chunk), fit, desc="photometric fits",
                          progress=progress)["targets"]
 
 
@@ -522,8 +554,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         teacher = load_network(cfg.teacher, device) if cfg.teacher else net
         if not isinstance(teacher, DFR):
             raise ValueError(f"--teacher {cfg.teacher} is not a DFR checkpoint")
-        targets = landmark_fit_targets(corpus, teacher, renderer, out / "dfr.fit-targets.safetensors",
-                                       progress=progress).to(device)
+        if cfg.fits == "photometric":
+            targets = photometric_fit_targets(corpus, teacher, renderer,
+                                              out / "dfr.photometric-fit-targets.safetensors", progress=progress)
+        else:
+            targets = landmark_fit_targets(corpus, teacher, renderer, out / "dfr.fit-targets.safetensors",
+                                           progress=progress)
+        targets = targets.to(device)
         if cfg.edited_by is not None:
             edited = edited_fit_targets(corpus, teacher, renderer, cfg.edited_by, cfg.edited_count, cfg.seed,
                                         out / "dfr.edited-targets.safetensors", progress=progress)
