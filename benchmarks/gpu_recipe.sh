@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements for the FFHQ recipe (docs/corpus.md, "Real generators: recipe and cost"), in one run sized
-# for a lent device (about 10-12 minutes on an H200; every step bounded). Results go to $OUT (default ./gpu-recipe):
+# for a lent device (about 11-13 minutes on an H200; every step bounded). Results go to $OUT (default ./gpu-recipe):
 #   corpus-<R>.log      corpus samples/s of a StyleGAN2 of size R (random weights: same network, same cost),
 #                       stored at 256², no detector (synthesis + writer), 1 process and 8 processes on the GPU
 #   landmarks.json      the MediaPipe detector's CPU cost per image on faces (noise images skip its landmark
@@ -12,6 +12,7 @@
 #   preflight1024.json  the whole chain on random:1024 on the GPU, peak memory
 #   generator.json      RigNet-free synthesis latency (fp16 + CUDA graph, batch 1) at 1024²
 #   server512.json      rig -> socket -> pixels frames/s at 512²
+#   photofits.json      photometric fits (train dfr --fits photometric) s/face at batch 1024, 64², and the 60k table
 # Run from the repository root with a CUDA build of torch installed: bash benchmarks/gpu_recipe.sh
 set -uo pipefail
 OUT=${OUT:-gpu-recipe}
@@ -37,4 +38,6 @@ timeout 150 $py benchmarks/preflight.py --generator random:1024 --device cuda --
 timeout 90 $py benchmarks/generator.py --device cuda --res 1024 --json "$OUT/generator.json" > "$OUT/generator.log" 2>&1
 timeout 90 $py benchmarks/server.py --generator random --sizes 512 --device cuda --json "$OUT/server512.json" \
     > "$OUT/server512.log" 2>&1
+timeout 90 $py benchmarks/photometric_fits.py --device cuda --count 1024 --batch 1024 --json "$OUT/photofits.json" \
+    > "$OUT/photofits.log" 2>&1
 ls -l "$OUT"
