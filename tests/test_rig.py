@@ -762,8 +762,7 @@ def test_photometric_fits_read_the_image_and_are_distilled(corpus, tmp_path, mon
     cfg = TrainConfig(net="dfr", corpus=str(root), out=str(tmp_path / "s"), batch=8, hidden=32, steps=2, distill=1.0,
                       render=False, teacher=str(teacher), fits="photometric")
     train(cfg, progress=False)
-    cached = load_file(str(tmp_path / "s" / "dfr.photometric-fit-targets.safetensors"))
-    table = cached["targets"]
+    table = load_file(str(tmp_path / "s" / "dfr.photometric-fit-targets.safetensors"))["targets"]
     assert table.shape == (48, dfr.layout.dim) and torch.isfinite(table).all()
     with pytest.raises(ValueError, match="fits must be one of"):
         TrainConfig(net="dfr", corpus="c", out="o", fits="photometric")  # needs distillation

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -316,9 +317,7 @@ def chunked_table(path: Path, key: dict[str, str], chunks: int, compute, *, desc
         table = {name: torch.cat([c[name] for c in done]) for name in done[0]}
         with atomic_write(path) as f:
             f.write(save(table, metadata=key))
-        for k in range(chunks):
-            (parts / f"{k}.safetensors").unlink(missing_ok=True)
-        parts.rmdir()
+        shutil.rmtree(parts)  # (with any chunk a bigger corpus left there)
     if d is not None and world > 1:
         d.barrier()
     if table is None:
@@ -328,49 +327,40 @@ def chunked_table(path: Path, key: dict[str, str], chunks: int, compute, *, desc
     return table
 
 
-def landmark_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 1024,
-                         progress: bool = True) -> torch.Tensor:
-    """(N, D) landmark fits of every corpus sample, started from dfr's reading; cached at `path` (atomic).
+FIT_TABLES = {"landmark": "dfr.fit-targets.safetensors", "photometric": "dfr.photometric-fit-targets.safetensors"}
 
-    Under torchrun every rank fits every world-th chunk and rank 0 assembles the table; call on every rank."""
-    from .fitting import fit_landmarks
 
-    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)), "dfr": _network_hash(dfr)}
-    device = next(dfr.parameters()).device
+def fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, out: Path, fits: str = "landmark", *,
+                progress: bool = True) -> torch.Tensor:
+    """(N, D) per-image fits of every corpus sample, started from dfr's reading, cached in `out` (FIT_TABLES),
+    chunk by chunk (chunked_table): "landmark" (fitting.fit_landmarks, no image read: seconds for a corpus) or
+    "photometric" (fitting.fit_photometric: hours on a CPU, so a stopped run resumes at its unfinished chunks).
+    Under torchrun every rank fits every world-th chunk; call on every rank."""
+    from . import fitting
+
     if not corpus.has_landmarks:
         raise ValueError(f"{corpus.root}: the corpus has no landmarks; distillation fits them")
-
-    def fit(k: int) -> dict[str, torch.Tensor]:
-        rows = corpus.read_rows(np.arange(k * chunk, min((k + 1) * chunk, len(corpus))), names=("ws", "landmarks"))
-        ws, landmarks = (torch.from_numpy(rows[n]).float().to(device) for n in ("ws", "landmarks"))  # no images
-        with torch.no_grad():
-            reading = dfr(ws)
-        return {"targets": fit_landmarks(renderer, landmarks, reading)}
-
-    return chunked_table(path, key, -(-len(corpus) // chunk), fit, desc="landmark fits",
-                         progress=progress)["targets"]
-
-
-def photometric_fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, path: Path, *, chunk: int = 256,
-                            progress: bool = True) -> torch.Tensor:
-    """(N, D) photometric fits (fitting.fit_photometric) of every corpus sample, started from dfr's reading; cached at
-    `path`, chunk by chunk, so an interrupted run resumes (hours on a CPU). Under torchrun every rank fits every
-    world-th chunk; call on every rank."""
-    from .fitting import PHOTOMETRIC_FIT_STEPS, fit_photometric
-
-    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)), "dfr": _network_hash(dfr),
-           "fits": "photometric", "steps": str(PHOTOMETRIC_FIT_STEPS)}
+    key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)), "dfr": _network_hash(dfr)}
+    if fits == "photometric":  # (landmark tables keep the key they always had)
+        key.update(fits="photometric", steps=str(fitting.PHOTOMETRIC_FIT_STEPS))
     device = next(dfr.parameters()).device
-    if not corpus.has_landmarks:
-        raise ValueError(f"{corpus.root}: the corpus has no landmarks; photometric fits start from landmark fits")
+    chunk = 1024 if fits == "landmark" else 256
 
     def fit(k: int) -> dict[str, torch.Tensor]:
-        ws, images, landmarks, _ = corpus.batch(np.arange(k * chunk, min((k + 1) * chunk, len(corpus))), device)
+        rows = np.arange(k * chunk, min((k + 1) * chunk, len(corpus)))
+        if fits == "landmark":  # landmarks alone: the images are not read
+            read = corpus.read_rows(rows, names=("ws", "landmarks"))
+            ws, landmarks = (torch.from_numpy(read[n]).float().to(device) for n in ("ws", "landmarks"))
+        else:
+            ws, images, landmarks, _ = corpus.batch(rows, device)
         with torch.no_grad():
             reading = dfr(ws)
-        return {"targets": fit_photometric(renderer, images, landmarks, reading, steps=PHOTOMETRIC_FIT_STEPS)}
+        if fits == "landmark":
+            return {"targets": fitting.fit_landmarks(renderer, landmarks, reading)}
+        return {"targets": fitting.fit_photometric(renderer, images, landmarks, reading,
+                                                   steps=fitting.PHOTOMETRIC_FIT_STEPS)}
 
-    return chunked_table(path, key, -(-len(corpus) // chunk), fit, desc="photometric fits",
+    return chunked_table(out / FIT_TABLES[fits], key, -(-len(corpus) // chunk), fit, desc=f"{fits} fits",
                          progress=progress)["targets"]
 
 
@@ -554,13 +544,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         teacher = load_network(cfg.teacher, device) if cfg.teacher else net
         if not isinstance(teacher, DFR):
             raise ValueError(f"--teacher {cfg.teacher} is not a DFR checkpoint")
-        if cfg.fits == "photometric":
-            targets = photometric_fit_targets(corpus, teacher, renderer,
-                                              out / "dfr.photometric-fit-targets.safetensors", progress=progress)
-        else:
-            targets = landmark_fit_targets(corpus, teacher, renderer, out / "dfr.fit-targets.safetensors",
-                                           progress=progress)
-        targets = targets.to(device)
+        targets = fit_targets(corpus, teacher, renderer, out, cfg.fits, progress=progress).to(device)
         if cfg.edited_by is not None:
             edited = edited_fit_targets(corpus, teacher, renderer, cfg.edited_by, cfg.edited_count, cfg.seed,
                                         out / "dfr.edited-targets.safetensors", progress=progress)
