@@ -139,6 +139,7 @@ INSTALL_SCRIPT = textwrap.dedent("""
     result["camera_after"] = scene.camera.name
     rig = rig_mod.find_rig(bpy.context)
     result["params"] = [float(x) for x in rig_mod.read_params(rig)]
+    result["rest"] = rig_mod.face_spec(rig).get("rest")
     tree = rig.face.active_material.node_tree
     bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
     link = bsdf.inputs["Base Color"].links[0]
@@ -170,6 +171,7 @@ INSTALL_SCRIPT = textwrap.dedent("""
     result["ui_render_again"] = render_in_background()
     result["new_face"] = sorted(bpy.ops.stylerig.new_face(seed=9))
     result["seed"] = rig.armature["face_seed"]
+    result["rest_after_new_face"] = "rest" in rig_mod.face_spec(rig)
     bpy.ops.preferences.addon_disable(module=name)
     result["disabled"] = name not in bpy.context.preferences.addons
     print("RESULT " + json.dumps(result))
@@ -227,6 +229,8 @@ def test_built_zip_installs_into_blender_and_its_operators_work(bpy_version, eng
     with engine.connect() as c:  # the rig was matched to face 4's own parameters (oracle fit)
         fitted = c.fit(c.new_face(4, 0.7))
     np.testing.assert_allclose(result["params"], fitted, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(result["rest"], result["params"], atol=1e-6)  # the match is kept as the rig's rest
+    assert result["rest_after_new_face"] is False  # ... and forgotten with the face
     # Live Link keys read back through frame_set: frame 7 is the take at 0.25 s (24 frames/s from frame 1)
     take = livelink.read_csv(csv)
     _, samples = livelink.resample(take, 24.0, 1)

@@ -350,7 +350,7 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     assert report["modes"]["pose"]["no_edit"]["drift_mean"] == 0.0
 
 
-def test_train_all_ends_with_the_consistency_ramp(tmp_path):
+def test_train_all_ends_with_the_consistency_ramp(tmp_path, capsys):
     """The shipped recipe's last stage: the illumination RigNet fine-tuned at α_pc 10, 30, 100, 200 in turn, each
     stage starting from the last; the rig (evaluated, shipped) is DFR with the ramp's final RigNet."""
     from stylerig_engine.cli import main
@@ -381,6 +381,8 @@ def test_train_all_ends_with_the_consistency_ramp(tmp_path):
     assert json.loads((ship / "rignet-illumination.config.json").read_text())["rignet_loss"][
         "parameter_consistency"] == 200.0
     assert load_rig(ship).modes == ["illumination"]
+    assert main(["train", "all", "--out", str(tmp_path / "bad"), "--ramp-steps", "-1"]) == 2  # before any work
+    assert "--ramp-steps must be >= 0" in capsys.readouterr().err and not (tmp_path / "bad" / "corpus").exists()
 
 
 def coarse_pixels(device="cpu"):

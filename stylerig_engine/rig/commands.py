@@ -281,6 +281,10 @@ def _train_all(args) -> int:
         print("stylerig train all: error: --reader-rounds must be >= 1 (later rounds need --distill-steps) and "
               "--round-steps in (0, 1]", file=sys.stderr)
         return 2
+    if args.ramp_steps is not None and args.ramp_steps < 0:
+        print(f"stylerig train all: error: --ramp-steps must be >= 0 (0: no consistency ramp), got {args.ramp_steps}",
+              file=sys.stderr)
+        return 2
     _set_threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
