@@ -8,15 +8,15 @@
    k × albedo under light / k renders the same face, so that part of the error no image shows).
 3. `valley`: that ambiguity measured: the photometric change of the face along it, and where the layout's prior
    puts a reader that uses it perfectly (the maximum a posteriori scale).
-4. `sensors`: how exactly each available sensor reads plain and edited faces: DFR, the final renders' per-image fit
-   (fitting.ImageReader) and the photometric fit distillation would teach (fitting.fit_photometric).
+4. `sensors`: how exactly each available sensor reads plain and edited faces: DFR, fitting.fit_photometric (the
+   final renders' sensor, ImageReader, and distillation's targets) and the fit the targets used before.
 5. `light-solve`: a cheap light reader: the light that best explains the image in closed form (the image is linear
    in the SH coefficients once geometry and albedo are fixed), given landmark-fit or true geometry and albedo.
 
     .venv/bin/python experiments/sensor_limits.py oracle [--count 128]       # ~2 min on one core
     .venv/bin/python experiments/sensor_limits.py bands [--count 256]        # ~1 min
     .venv/bin/python experiments/sensor_limits.py valley [--count 128]       # ~9 min
-    .venv/bin/python experiments/sensor_limits.py sensors [--count 48]       # ~15 min
+    .venv/bin/python experiments/sensor_limits.py sensors [--count 48]       # ~10 min
     .venv/bin/python experiments/sensor_limits.py light-solve [--count 256]  # ~3 min
 """
 
@@ -30,9 +30,10 @@ from stylerig_engine.render.face import FaceRenderer
 from stylerig_engine.render.shading import srgb_to_linear
 from stylerig_engine.rig import load_rig
 from stylerig_engine.rig.editing import corrected_edit
-from stylerig_engine.rig.evaluate import HELD_OUT_SEED, ObservableErrors, block_errors, sample_latents
-from stylerig_engine.rig.fitting import ImageReader, fit_landmarks, fit_photometric
-from stylerig_engine.rig.losses import region_model, to_generator_space
+from stylerig_engine.rig.evaluate import (HELD_OUT_SEED, ObservableErrors, block_errors, expression_correlation,
+                                          sample_latents)
+from stylerig_engine.rig.fitting import ImageReader, fit_landmarks, fit_parameters
+from stylerig_engine.rig.losses import FaceLoss, LossWeights, region_model, to_generator_space
 from stylerig_engine.synthetic import make_synthetic
 
 BANDS = {"L0": [0], "L1": [1, 2, 3], "L2": [4, 5, 6, 7, 8]}  # SH coefficients of each band (params.SH_NAMES)
@@ -169,29 +170,40 @@ def valley(world, count: int) -> None:
           f"{100 * float(observable.shading(best, truth).median()):.1f} %")
 
 
+# The photometric fit the distillation table used before item 12: a landmark fit, then 200 steps with the landmark
+# fit's priors and a weak albedo prior.
+EARLIER_FIT_WEIGHTS = LossWeights(photometric=1.0, landmark=200.0, identity_reg=1e-4, albedo_reg=1e-5,
+                                  expression_reg=1e-6)
+
+
 def sensors(world, count: int) -> None:
     layout, rig = world.layout, load_rig()
     observable = ObservableErrors(world.model, layout)
-    reader = ImageReader(rig, world, steps=400)
+    reader = ImageReader(rig, world)  # fit_photometric from DFR's reading: the final renders' sensor
+    renderer = reader.loss.renderer
 
-    def photometric(ws: torch.Tensor, steps: int) -> torch.Tensor:
+    def earlier(ws: torch.Tensor) -> torch.Tensor:
         images, landmarks = reader.observe(ws)
-        return fit_photometric(reader.loss.renderer, images, landmarks, rig.fit(ws), steps=steps)
+        geometry = fit_landmarks(renderer, landmarks, rig.fit(ws))
+        return fit_parameters(FaceLoss(renderer, EARLIER_FIT_WEIGHTS), images, landmarks, geometry, steps=200,
+                              clamp=True)
 
     ws, _, target = _faces(world, count)
     with torch.no_grad():
         faces = {"plain": ws, "light edited": rig.edit(ws, "illumination", target),
                  "expression edited": rig.edit(ws, "expression", target)}
-    print(f"each sensor's reading against the truth, {count} faces (medians)")
-    for name, read in (("DFR", rig.fit), ("ImageReader, 400 steps", reader),
-                       ("fit_photometric, 200 steps", lambda w: photometric(w, 200)),
-                       ("fit_photometric, 400 steps", lambda w: photometric(w, 400))):
+    print(f"each sensor's reading against the truth, {count} faces (medians); correlations: plain faces, the 20 "
+          "blendshapes that vary most")
+    for name, read in (("DFR", rig.fit), (f"fit_photometric, {reader.steps} steps", reader),
+                       ("the earlier fit (landmarks, then 200 steps)", earlier)):
         for kind, w in faces.items():
             p, truth = read(w), world.true_params(w)
             e, seen = block_errors(layout, p, truth), observable(p, truth)
             print(f"  {name}, {kind}: rotation {float(e['rotation'].median()):.2f}°, expression "
                   f"{float(e['expression'].median()):.2f} σ ({float(seen['expression_mm'].median()):.2f} mm), light "
                   f"{float(e['illumination'].median()):.2f} σ ({100 * float(seen['shading'].median()):.1f} %)")
+            if kind == "plain":
+                print("    " + ", ".join(f"{k} {v:.2f}" for k, v in expression_correlation(layout, p, truth).items()))
 
 
 def light_solve(world, count: int) -> None:

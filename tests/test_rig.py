@@ -731,14 +731,14 @@ def test_chunked_tables_resume_at_the_chunks_not_yet_computed(tmp_path):
 
 
 def test_photometric_fits_read_the_image_and_are_distilled(corpus, tmp_path, monkeypatch):
-    """fit_photometric explains the corpus images better than the landmark fit it starts from, and a render-free
+    """fit_photometric explains the corpus images better than the DFR reading it starts from, and a render-free
     student distils a cached table of them (TrainConfig.fits='photometric')."""
     from safetensors.torch import load_file
 
     from stylerig_engine.corpus import Corpus
     from stylerig_engine.render.face import FaceRenderer
-    from stylerig_engine.rig.fitting import PHOTOMETRIC_FIT_WEIGHTS, fit_landmarks, fit_photometric
-    from stylerig_engine.rig.losses import FaceLoss, region_model
+    from stylerig_engine.rig.fitting import FIT_REG, fit_photometric
+    from stylerig_engine.rig.losses import FaceLoss, LossWeights, region_model
     from stylerig_engine.rig.train import TrainConfig, train
 
     root, world = corpus
@@ -749,15 +749,14 @@ def test_photometric_fits_read_the_image_and_are_distilled(corpus, tmp_path, mon
     renderer = FaceRenderer(region_model(world.model), dfr.layout, image_size=32)
     with torch.no_grad():
         start = dfr(ws)
-    geometry = fit_landmarks(renderer, landmarks, start)
     fitted = fit_photometric(renderer, images, landmarks, start, steps=60)
-    loss = FaceLoss(renderer, PHOTOMETRIC_FIT_WEIGHTS)
+    loss = FaceLoss(renderer, LossWeights.with_reg(FIT_REG))
     with torch.no_grad():
-        before, after = (loss.data_terms(p, images, landmarks)["photometric"].mean() for p in (geometry, fitted))
+        before, after = (loss.data_terms(p, images, landmarks)["photometric"].mean() for p in (start, fitted))
     assert after < 0.8 * before
     truth = world.true_params(ws)
     light = dfr.layout.slice("illumination")
-    assert (fitted - truth)[:, light].abs().mean() < (geometry - truth)[:, light].abs().mean()
+    assert (fitted - truth)[:, light].abs().mean() < (start - truth)[:, light].abs().mean()
     from stylerig_engine.rig import fitting
 
     monkeypatch.setattr(fitting, "PHOTOMETRIC_FIT_STEPS", 5)  # the table's machinery, not the fits' quality, here

@@ -73,7 +73,7 @@ def fit_parameters(loss: FaceLoss, images: torch.Tensor | None, landmarks: torch
 
 
 class ImageReader:
-    """Reads the face parameters a latent's image shows: DFR's estimate refined by fit_parameters.
+    """Reads the face parameters a latent's image shows: DFR's estimate refined by fit_photometric.
 
     Keyword args:
       rig: gives DFR (the start) and the parameter layout.
@@ -81,13 +81,13 @@ class ImageReader:
       landmarks: callable(ws, images) -> (B, 68, 2) pixels at the generator's resolution (a corpus landmark
         detector); default: the generator's exact landmarks(ws), when it has them.
       size: resolution the fit renders at (images are downsampled to it; default min(resolution, 256)).
-      steps, lr: of fit_parameters.
-      reg: regulariser weight of the fit.
+      steps, lr, reg: of fit_photometric (steps default PHOTOMETRIC_FIT_STEPS).
     """
 
     def __init__(self, rig: Rig, generator, *, landmarks: Callable | None = None, size: int | None = None,
-                 steps: int = 400, lr: float = 0.02, reg: float = FIT_REG):
-        self.rig, self.generator, self.steps, self.lr = rig, generator, steps, lr
+                 steps: int | None = None, lr: float = 0.02, reg: float = FIT_REG):
+        self.rig, self.generator, self.lr, self.reg = rig, generator, lr, reg
+        self.steps = PHOTOMETRIC_FIT_STEPS if steps is None else steps
         self.resolution = int(generator.img_resolution)
         self.landmarks = landmarks if landmarks is not None else ExactLandmarks(generator)
         self.size = size or min(self.resolution, 256)
@@ -111,7 +111,8 @@ class ImageReader:
 
     def __call__(self, ws: torch.Tensor) -> torch.Tensor:
         images, landmarks = self.observe(ws)
-        return fit_parameters(self.loss, images, landmarks, self.rig.fit(ws), steps=self.steps, lr=self.lr)
+        return fit_photometric(self.loss.renderer, images, landmarks, self.rig.fit(ws), steps=self.steps, lr=self.lr,
+                               reg=self.reg)
 
 
 def closed_loop_edit(rig: Rig, reader: ImageReader, ws: torch.Tensor, mode: str, target: torch.Tensor, *,
@@ -170,28 +171,25 @@ def fit_landmarks(renderer: FaceRenderer, landmarks: torch.Tensor, start: torch.
 
 
 # ---- photometric fits: what the whole image shows, the reader's best self-supervised targets ----------------------
-# Weights of the photometric fit that follows a landmark fit: the landmark fit's priors, and a weak albedo prior so
-# that the image's colours are explained. Measured (docs/rig.md, item 7; 256 held-out faces at 64², 200 steps from
-# the landmark fit): rotation 0.58°, and smile 0.97, blink 0.92, pucker 0.91, browInnerUp 0.88, frown 0.75, browDown
-# 0.76 correlated with the truth, where landmark fits read 0.93, 0.86-0.88, 0.76, 0.65-0.68, 0.52-0.58, 0.50.
-PHOTOMETRIC_FIT_WEIGHTS = LossWeights(photometric=1.0, landmark=200.0, identity_reg=1e-4, albedo_reg=1e-5,
-                                      expression_reg=1e-6)
-PHOTOMETRIC_FIT_STEPS = 200
+# One fit for both uses, the final renders' sensor (ImageReader) and distillation's targets: every block from DFR's
+# reading against image and landmarks with the weak prior FIT_REG, 400 steps. Measured (docs/rig.md, item 12; 128
+# held-out faces at 64²): rotation 0.25°, 18 of the 20 most varying blendshapes read at correlation 0.88–0.99 (smile
+# 0.99, blink 0.96, pucker 0.95, browInnerUp 0.97, frown 0.88–0.91, browDown 0.89–0.90; eyeWide 0.49–0.50), where a
+# landmark fit followed by 200 steps with the landmark fit's priors read pucker 0.91, browInnerUp 0.88, frown 0.75.
+PHOTOMETRIC_FIT_STEPS = 400
 
 
 def fit_photometric(renderer: FaceRenderer, images: torch.Tensor, landmarks: torch.Tensor, start: torch.Tensor, *,
-                    steps: int = PHOTOMETRIC_FIT_STEPS, lr: float = 0.02,
-                    weights: LossWeights = PHOTOMETRIC_FIT_WEIGHTS) -> torch.Tensor:
-    """Parameters (B, D) fitted to the images: a landmark fit (fit_landmarks) from `start`, then every block fitted
-    on the photometric and landmark terms (fit_parameters, blendshapes kept in range). About 1.8 s a face at 64² on
-    one CPU core (200 steps): a corpus of them is a GPU job. Keyword args:
+                    steps: int = PHOTOMETRIC_FIT_STEPS, lr: float = 0.02, reg: float = FIT_REG) -> torch.Tensor:
+    """Parameters (B, D) fitted to the images: every block on the photometric and landmark terms with a weak prior
+    (fit_parameters). About 3.3 s a face at 64² on one CPU core (400 steps): a corpus of them is a GPU job.
+    Keyword args:
       renderer: FaceRenderer of the model's face region (losses.region_model) at the images' resolution.
       images: (B, 3, S, S) generator images in [-1, 1].
       landmarks: (B, 68, 2) their landmarks in pixels at S.
       start: (B, D) initial parameters (a trained DFR's reading).
-      steps, lr: of the photometric fit.
-      weights: its loss weights.
+      steps, lr: of fit_parameters.
+      reg: the regulariser weight (LossWeights.with_reg).
     """
-    geometry = fit_landmarks(renderer, landmarks, start)
-    loss = FaceLoss(renderer, weights).to(start.device)
-    return fit_parameters(loss, images, landmarks, geometry, steps=steps, lr=lr, clamp=True)
+    loss = FaceLoss(renderer, LossWeights.with_reg(reg)).to(start.device)
+    return fit_parameters(loss, images, landmarks, start, steps=steps, lr=lr)

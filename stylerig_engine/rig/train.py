@@ -342,7 +342,7 @@ def fit_targets(corpus: Corpus, dfr: DFR, renderer: FaceRenderer, out: Path, fit
         raise ValueError(f"{corpus.root}: the corpus has no landmarks; distillation fits them")
     key = {"corpus": str(Path(corpus.root).resolve()), "count": str(len(corpus)), "dfr": _network_hash(dfr)}
     if fits == "photometric":  # (landmark tables keep the key they always had)
-        key.update(fits="photometric", steps=str(fitting.PHOTOMETRIC_FIT_STEPS))
+        key.update(fits="photometric", steps=str(fitting.PHOTOMETRIC_FIT_STEPS), reg=str(fitting.FIT_REG))
     device = next(dfr.parameters()).device
     chunk = 1024 if fits == "landmark" else 256
 
