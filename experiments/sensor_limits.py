@@ -119,16 +119,15 @@ def bands(world, count: int) -> None:
               f"{100 * float(observable.shading(s, ref).median()):.1f} %")
 
 
-def rescaled(renderer: FaceRenderer, layout, p: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """p with each channel's albedo scaled by k (B, 3) (least squares in the albedo basis) and its light by 1 / k."""
+def rescaled(renderer: FaceRenderer, pinv: torch.Tensor, layout, p: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """p with each channel's albedo scaled by k (B, 3) (least squares in the albedo basis, pinv its pseudo-inverse)
+    and its light by 1 / k."""
     basis = renderer.albedo_basis.double()  # (K, V*3), channel-minor
-    if not hasattr(renderer, "_albedo_pinv"):  # computed once
-        renderer._albedo_pinv = torch.linalg.pinv(basis)
     mean = renderer.albedo_mean.double().reshape(1, -1)
     albedo = mean + layout.split(p)["albedo"].double() @ basis  # unclamped
     wanted = k.double().repeat(1, basis.shape[1] // 3) * albedo - mean
     out = p.double().clone()
-    out[:, layout.slice("albedo")] = wanted @ renderer._albedo_pinv
+    out[:, layout.slice("albedo")] = wanted @ pinv
     out[:, layout.slice("illumination")] = (layout.split(p)["illumination"].double().reshape(-1, 9, 3)
                                             / k.double()[:, None, :]).reshape(-1, 27)
     return out.to(p.dtype)
@@ -137,6 +136,7 @@ def rescaled(renderer: FaceRenderer, layout, p: torch.Tensor, k: torch.Tensor) -
 def valley(world, count: int) -> None:
     layout = world.layout
     renderer = FaceRenderer(world.model, layout, image_size=64)
+    pinv = torch.linalg.pinv(renderer.albedo_basis.double())
     observable = ObservableErrors(world.model, layout)
     ws, truth, target = _faces(world, count)
     with torch.no_grad():
@@ -145,7 +145,7 @@ def valley(world, count: int) -> None:
     print(f"{count} faces: albedo × k, light / k (every channel); change of the face pixels ([-1, 1] units)")
     for s in (0.8, 0.9, 1.1, 1.25):
         with torch.no_grad():
-            q = rescaled(renderer, layout, truth, torch.full((count, 3), s))
+            q = rescaled(renderer, pinv, layout, truth, torch.full((count, 3), s))
             diff = (to_generator_space(renderer(q).image) - base).abs()[face]
         moved = block_errors(layout, q, truth)
         print(f"  k = {s}: mean {float(diff.mean()):.4f} (largest {float(diff.amax()):.3f}); light moved "
@@ -155,14 +155,14 @@ def valley(world, count: int) -> None:
     log_k = torch.zeros(count, 3, dtype=torch.float64, requires_grad=True)  # the prior's choice along the valley
     optimizer = torch.optim.Adam([log_k], lr=0.02)
     for _ in range(300):
-        z = layout.normalise(rescaled(renderer, layout, truth.double(), log_k.exp()))
+        z = layout.normalise(rescaled(renderer, pinv, layout, truth.double(), log_k.exp()))
         energy = sum(z[:, layout.slice(b)].square().sum() for b in ("albedo", "illumination"))
         optimizer.zero_grad()
         energy.backward()
         optimizer.step()
     k = log_k.detach().exp()
     with torch.no_grad():
-        best = rescaled(renderer, layout, truth, k)
+        best = rescaled(renderer, pinv, layout, truth, k)
         diff = (to_generator_space(renderer(best).image) - base).abs()[face]
     light = block_errors(layout, best, truth)["illumination"]
     print(f"  the prior's scale: k median {[round(x, 2) for x in k.median(0).values.tolist()]}; face change "
@@ -180,7 +180,7 @@ def sensors(world, count: int) -> None:
     layout, rig = world.layout, load_rig()
     observable = ObservableErrors(world.model, layout)
     reader = ImageReader(rig, world)  # fit_photometric from DFR's reading: the final renders' sensor
-    renderer = reader.loss.renderer
+    renderer = reader.renderer
 
     def earlier(ws: torch.Tensor) -> torch.Tensor:
         images, landmarks = reader.observe(ws)

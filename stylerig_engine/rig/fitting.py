@@ -97,8 +97,12 @@ class ImageReader:
             from ..facemodel import DEFAULT_MODEL_NAME, load_model
 
             model = load_model(DEFAULT_MODEL_NAME)
-        renderer = FaceRenderer(region_model(model), rig.layout, image_size=self.size, device=device)
-        self.loss = FaceLoss(renderer, LossWeights.with_reg(reg)).to(device)
+        self.renderer = FaceRenderer(region_model(model), rig.layout, image_size=self.size, device=device)
+
+    @property
+    def loss(self) -> FaceLoss:
+        """The fit's loss (fit_photometric's, at the fit's resolution), to measure what a reading explains."""
+        return FaceLoss(self.renderer, LossWeights.with_reg(self.reg)).to(self.renderer.neutral.device)
 
     @torch.no_grad()
     def observe(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +115,7 @@ class ImageReader:
 
     def __call__(self, ws: torch.Tensor) -> torch.Tensor:
         images, landmarks = self.observe(ws)
-        return fit_photometric(self.loss.renderer, images, landmarks, self.rig.fit(ws), steps=self.steps, lr=self.lr,
+        return fit_photometric(self.renderer, images, landmarks, self.rig.fit(ws), steps=self.steps, lr=self.lr,
                                reg=self.reg)
 
 
