@@ -104,7 +104,8 @@ def _demo(args, out: Path, client, notes: list[str], times: dict[str, float], t_
     scene.render.fps = max(1, round(args.fps))
     scene.render.fps_base = scene.render.fps / args.fps
     rig = R.build_rig(meta, arrays, seed=args.seed, psi=args.psi)
-    if info.get("fit"):
+    can_fit = bool(info.get("fit"))
+    if can_fit:
         handle = client.new_face(args.seed, args.psi)
         base = client.fit(handle).astype(np.float64)
         client.release(handle)
@@ -114,7 +115,7 @@ def _demo(args, out: Path, client, notes: list[str], times: dict[str, float], t_
         base = rig.layout.neutral()
         notes.append("the engine cannot fit faces (no DFR): the rig starts from the model's neutral face")
     notes.extend(R.apply_params(rig, base))
-    if info.get("fit"):
+    if can_fit:
         R.set_rest(rig)  # as "Match rig to face" does: the renders find the keys against what the rig shows
     times["rig_build"] = time.perf_counter() - t
 

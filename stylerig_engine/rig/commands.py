@@ -69,7 +69,7 @@ def register(subparsers) -> None:
                           "a trained DFR")
     dfr.add_argument("--fits", choices=("landmark", "photometric"), default="landmark",
                      help="with --distill: the per-image fits distilled: landmark (seconds for a corpus) or "
-                          "photometric (every block, ~1.8 s a face on a CPU core: a GPU job; resumable; docs/rig.md)")
+                          "photometric (every block, ~3.3 s a face on a CPU core: a GPU job; resumable; docs/rig.md)")
     dfr.add_argument("--hidden", type=int, default=256, help="width of DFR's hidden layers")
     dfr.add_argument("--teacher", default=None, metavar="CHECKPOINT",
                      help="with --distill: the trained DFR whose readings start the landmark fits and give the other "

@@ -81,7 +81,7 @@ class TrainConfig:
         wider DFR can learn from a trained one.
       fits: DFR only, with distill: the per-image fits distilled, "landmark" (fitting.fit_landmarks: seconds for a
         corpus, reads pose and the expressions landmarks show) or "photometric" (fitting.fit_photometric: every
-        block, the expressions landmarks miss too, ~1.8 s a face on a CPU core: a GPU job for a corpus; cached chunk
+        block, the expressions landmarks miss too, ~3.3 s a face on a CPU core: a GPU job for a corpus; cached chunk
         by chunk in <out>/dfr.photometric-fit-targets.safetensors, so an interrupted run resumes).
       render: DFR only: False trains on the distillation targets alone, every block (the fits' geometry, the
         starting reading's identity, albedo and light), with no render: a regression that costs a small fraction
