@@ -12,12 +12,21 @@
    final renders' sensor, ImageReader, and distillation's targets) and the fit the targets used before.
 5. `light-solve`: a cheap light reader: the light that best explains the image in closed form (the image is linear
    in the SH coefficients once geometry and albedo are fixed), given landmark-fit or true geometry and albedo.
+6. `light-visibility`: which combinations of the 27 coefficients a face shows (the SH basis's Gram matrix over the
+   faces' camera-facing normals, in prior σ), the world's light spread against the prior, each sensor's mean light
+   error (its bias) and how it lies along the least visible combination, and the light direction (the L1 band's
+   direction, what an animator sets a sun by) of the edit and of the readings in degrees.
+7. `light-calibration`: DFR's light re-read by an affine map learned from fit_photometric's readings of other faces
+   (plain and illumination-edited; no truth, as a real generator allows), and that reader as the live edit's
+   corrector.
 
     .venv/bin/python experiments/sensor_limits.py oracle [--count 128]       # ~2 min on one core
     .venv/bin/python experiments/sensor_limits.py bands [--count 256]        # ~1 min
     .venv/bin/python experiments/sensor_limits.py valley [--count 128]       # ~9 min
     .venv/bin/python experiments/sensor_limits.py sensors [--count 48]       # ~10 min
     .venv/bin/python experiments/sensor_limits.py light-solve [--count 256]  # ~3 min
+    .venv/bin/python experiments/sensor_limits.py light-visibility [--count 128]  # ~7 min
+    .venv/bin/python experiments/sensor_limits.py light-calibration [--count 128] [--corpus DIR --train 320]  # ~45 min
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ import argparse
 
 import torch
 
+from stylerig_engine.params import SH_NAMES
 from stylerig_engine.render.face import FaceRenderer
-from stylerig_engine.render.shading import srgb_to_linear
+from stylerig_engine.render.shading import sh_basis, srgb_to_linear
 from stylerig_engine.rig import load_rig
 from stylerig_engine.rig.editing import corrected_edit
 from stylerig_engine.rig.evaluate import (HELD_OUT_SEED, ObservableErrors, block_errors, expression_correlation,
@@ -252,15 +262,122 @@ def light_solve(world, count: int) -> None:
               f"{100 * float(observable.shading(p, truth).median()):.1f} %")
 
 
+def light_visibility(world, count: int) -> None:
+    layout, rig = world.layout, load_rig()
+    observable = ObservableErrors(world.model, layout)
+    ws, truth, target = _faces(world, count)
+    reader = ImageReader(rig, world)
+    std = torch.as_tensor(layout.prior_std)[layout.slice("illumination")].reshape(9, 3)[:, 0].double()
+    normals = reader.renderer.geometry(truth)[1].reshape(-1, 3).double()
+    area = normals[:, 2].clamp(min=0)  # a vertex's share of the image: facing the camera
+    basis = sh_basis(normals) * std  # the image change per prior σ of each coefficient
+    values, vectors = torch.linalg.eigh((basis * area[:, None]).T @ basis / area.sum())
+    print(f"what {count} faces show of the light (camera-facing normals; image variance per σ², weakest first): "
+          + ", ".join(f"{float(v):.1e}" for v in values))
+    for k in range(3):
+        entries = [f"{n} {float(c):+.2f}" for n, c in zip(SH_NAMES, vectors[:, k]) if abs(c) >= 0.1]
+        print(f"  weak combination {k + 1}: " + ", ".join(entries))
+    with torch.no_grad():
+        spread = layout.split(world.true_params(sample_latents(world, 4096, HELD_OUT_SEED + 1, 0.8)))["illumination"]
+    spread = spread.reshape(-1, 9, 3)
+    print("the world's light (4,096 faces; mean of the channels) against the prior:")
+    print("  mean " + ", ".join(f"{n} {float(m):.3f}" for n, m in zip(SH_NAMES, spread.mean((0, 2)))))
+    print("  std  " + ", ".join(f"{n} {float(v):.3f} (prior {float(s):.2f})"
+                                for n, v, s in zip(SH_NAMES, spread.std(0).mean(1), std)))
+    with torch.no_grad():
+        edited = rig.edit(ws, "illumination", target)
+        naive = ws.clone()
+        layers = list(rig.rignets["illumination"].layers)
+        naive[:, layers] = ws.roll(1, 0)[:, layers]
+        rows = {"no edit": (truth, target), "illumination edit (live)": (world.true_params(edited), target),
+                "naive layer copy": (world.true_params(naive), target), "DFR's reading": (rig.fit(ws), truth)}
+    rows["fit_photometric's reading"] = (reader(ws), truth)
+    weakest = vectors[:, 0]
+    print(f"mean light error (bias, mean of the channels) and light direction error, {count} faces:")
+    for name, (p, ref) in rows.items():
+        bias = (layout.split(p - ref)["illumination"].reshape(-1, 9, 3)).mean((0, 2)).double()
+        along = float((bias / std) @ weakest / (bias / std).norm().clamp_min(1e-12))
+        angle = observable.light_direction_deg(p, ref)
+        print(f"  {name}: direction {float(angle.median()):.1f}° (p90 {float(angle.quantile(0.9)):.1f}°); bias "
+              + ", ".join(f"{n} {float(b):+.3f}" for n, b in zip(SH_NAMES, bias))
+              + f"; cosine with the weakest combination {along:+.2f}")
+
+
+def light_calibration(world, count: int, train: int, corpus: str | None) -> None:
+    layout, rig = world.layout, load_rig()
+    reader = ImageReader(rig, world)
+    light = layout.slice("illumination")
+    mean = torch.as_tensor(layout.prior_mean)[light]
+    std = torch.as_tensor(layout.prior_std)[light]
+    with torch.no_grad():  # the calibration's faces: never the held-out ones; targets as RigNet's training draws them
+        if corpus:
+            import numpy as np
+
+            from stylerig_engine.corpus.dataset import Corpus
+            rows = Corpus(corpus).read_rows(np.arange(train), names=("ws",))["ws"]
+            ws = torch.from_numpy(rows).float()
+        else:
+            ws = sample_latents(world, train, HELD_OUT_SEED + 2, 0.8)
+        ws = torch.cat([ws, rig.edit(ws, "illumination", rig.fit(ws).roll(1, 0))])
+    fitted = torch.cat([reader(ws[i:i + 32]) for i in range(0, len(ws), 32)])
+
+    def features(p: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(p[:, light] - mean) / std, torch.ones(len(p), 1)], 1).double()
+
+    with torch.no_grad():
+        x = features(rig.fit(ws))
+    y = ((fitted[:, light] - mean) / std).double()
+    ridge = 1.0
+    solution = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+
+    def calibrated(w: torch.Tensor) -> torch.Tensor:
+        p = rig.fit(w)
+        p[:, light] = mean + std * (features(p) @ solution).float()
+        return p
+
+    observable = ObservableErrors(world.model, layout)
+    faces, truth, target = _faces(world, count)
+    print(f"DFR's light calibrated on fit_photometric's readings of {len(ws)} other faces (half of them "
+          f"illumination-edited), {count} held-out faces (medians):")
+    with torch.no_grad():
+        edited = rig.edit(faces, "illumination", target)
+        for kind, w in (("plain", faces), ("illumination-edited", edited)):
+            p_true = world.true_params(w)
+            for name, read in (("DFR", rig.fit), ("calibrated DFR", calibrated)):
+                p = read(w)
+                error = float(block_errors(layout, p, p_true)["illumination"].median())
+                print(f"  {name}, {kind}: light {error:.3f} σ, shading "
+                      f"{100 * float(observable.shading(p, p_true).median()):.1f} %")
+        print("  the illumination edit corrected by each reader:")
+        for name, read, iterations in (("RigNet alone", rig.fit, 0), ("DFR", rig.fit, 2), ("DFR", rig.fit, 4),
+                                       ("calibrated DFR", calibrated, 2), ("calibrated DFR", calibrated, 4)):
+            w = corrected_edit(rig.edit_many, read, layout, faces, {"illumination": target}, iterations=iterations)
+            p = world.true_params(w)
+            drift = block_errors(layout, p, truth)
+            others = [float(e.mean()) for b, e in drift.items() if b not in ("illumination", "rotation")]
+            error = float(block_errors(layout, p, target)["illumination"].median())
+            shading = 100 * float(observable.shading(p, target).median())
+            print(f"    {name}, {iterations} corrections: {error:.3f} σ, shading {shading:.1f} %, drift "
+                  f"{sum(others) / len(others):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("oracle", "bands", "valley", "sensors", "light-solve"))
+    parser.add_argument("what", choices=("oracle", "bands", "valley", "sensors", "light-solve", "light-visibility",
+                                         "light-calibration"))
     parser.add_argument("--count", type=int, default=None, help="held-out faces (defaults in the usage above)")
+    parser.add_argument("--train", type=int, default=320, help="light-calibration: faces it learns from (each also "
+                                                               "edited)")
+    parser.add_argument("--corpus", default=None, help="light-calibration: take them from this corpus (default: "
+                                                       "latents of another seed)")
     args = parser.parse_args()
     torch.manual_seed(0)
     world = make_synthetic("synthetic:64")
     run = {"oracle": (oracle, 128), "bands": (bands, 256), "valley": (valley, 128), "sensors": (sensors, 48),
-           "light-solve": (light_solve, 256)}
+           "light-solve": (light_solve, 256), "light-visibility": (light_visibility, 128)}
+    if args.what == "light-calibration":
+        light_calibration(world, args.count or 128, args.train, args.corpus)
+        return
     fn, count = run[args.what]
     fn(world, args.count or count)
 

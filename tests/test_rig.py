@@ -194,14 +194,20 @@ def test_observable_errors_measure_geometry_and_shading(model, layout):
     from stylerig_engine.rig.evaluate import ObservableErrors
 
     errors = ObservableErrors(model, layout)
-    p = torch.as_tensor(layout.prior_mean, dtype=torch.float32).repeat(3, 1)
+    p = torch.as_tensor(layout.prior_mean, dtype=torch.float32).repeat(4, 1)
     p[:, layout.slice("illumination")] = sh_directional((0.3, 0.4, 1.0), intensity=0.6, ambient=0.5)
     q = p.clone()
     k = list(model.expression_names).index("jawOpen")
     q[1, layout.slice("expression").start + k] += 0.5
     q[2, layout.slice("illumination").start:layout.slice("illumination").start + 3] *= 1.2  # ambient 20 % up
+    q[3, layout.slice("illumination")] = sh_directional((-0.5, 0.4, 1.0), intensity=0.9, ambient=0.5)
     out = errors(q, p)
     assert out["expression_mm"][0] == 0 and out["shading"][0] == 0
+    # the light's direction: unchanged by the ambient, and the angle between the suns when one is moved
+    a, b = np.array([0.3, 0.4, 1.0]), np.array([-0.5, 0.4, 1.0])
+    moved = np.degrees(np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+    assert out["light_direction_deg"].tolist()[:3] == pytest.approx([0, 0, 0], abs=1e-3)
+    assert float(out["light_direction_deg"][3]) == pytest.approx(moved, abs=1e-3) and out["shading"][3] > 0.1
     skin = model.regions["face_skin"]
     jaw = np.linalg.norm(model.expression_basis[k][skin], axis=-1)
     assert float(out["expression_mm"][1]) == pytest.approx(10 * 0.5 * np.sqrt((jaw ** 2).mean()), rel=1e-4)
@@ -233,7 +239,7 @@ def test_rignet_training_step_and_evaluation(corpus, tmp_path):
     assert rows["no_edit"]["drift_mean"] == 0.0 and rows["no_edit"]["outside_face_change"] == 0.0
     assert rows["naive"]["drift_mean"] > 0.05  # copying the middle layers disturbs other blocks
     assert "rotation" in report["dfr"] and report["estimate"].startswith("exact")
-    assert set(report["dfr_observable"]) == {"expression_mm", "shading"}
+    assert set(report["dfr_observable"]) == {"expression_mm", "shading", "light_direction_deg"}
     assert rows["no_edit"]["control_observable"]["expression_mm"]["median"] > 0
     assert "expression" in format_table(report)
 
@@ -299,6 +305,10 @@ def test_shipped_rig_reproduces_its_evaluation():
             for block, row in rows[name]["control"].items():
                 assert row["mean"] == pytest.approx(claimed["modes"][mode][name]["control"][block]["mean"],
                                                     rel=0.25), (mode, name, block)
+            claimed_seen = claimed["modes"][mode][name].get("control_observable", {})
+            assert set(rows[name].get("control_observable", {})) == set(claimed_seen), (mode, name)
+            for key, row in claimed_seen.items():  # geometry in mm, shading, the light's direction
+                assert rows[name]["control_observable"][key]["median"] == pytest.approx(row["median"], rel=0.25), key
         if mode == "pose":  # DFR's corrections bring the pose closer than RigNet alone (3.1° -> 1.7° on 256 faces)
             live, alone = (rows[n]["control"]["rotation"]["median"] for n in ("live", "rignet"))
             assert live < 0.75 * alone

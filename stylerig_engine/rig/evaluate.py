@@ -59,7 +59,9 @@ class ObservableErrors:
     the neutral face, ‖Σ_k (e_k − e'_k) B_k‖; many blendshape mixes give nearly the same face, which the
     per-weight RMSE counts as error. Illumination: RMS difference of the irradiance on the neutral face's
     skin normals (frontal pose), relative to the mean irradiance of the second; a global ambient change can
-    be traded for a skin-tone change (albedo-light ambiguity), so it is measured where light shows.
+    be traded for a skin-tone change (albedo-light ambiguity), so it is measured where light shows. And the
+    angle between the two lights' directions, what an animator aims a sun by: the direction of the L1 band
+    (the irradiance's gradient; for one distant light plus ambient, the light's direction) of the channels' mean.
     """
 
     def __init__(self, model, layout):
@@ -84,11 +86,22 @@ class ObservableErrors:
                 for x in (p, q))
         return ((a - b).square().mean((1, 2)).sqrt() / b.mean((1, 2)).abs().clamp_min(1e-6)).float()
 
+    def light_direction(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, 3) unit direction of the light's L1 band, (x, y, z) in the model frame."""
+        band1 = self.layout.split(p)["illumination"].double().cpu().reshape(-1, 9, 3)[:, 1:4].mean(2)
+        v = band1[:, [2, 0, 1]]  # stored as the basis H_1..3 = C1 y, C1 z, C1 x
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def light_direction_deg(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        cosine = (self.light_direction(p) * self.light_direction(q)).sum(-1).clamp(-1.0, 1.0)
+        return torch.rad2deg(torch.acos(cosine)).float()
+
     def __call__(self, p: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"expression_mm": self.expression_mm(p, q), "shading": self.shading(p, q)}
+        return {key: getattr(self, key)(p, q) for key in ("expression_mm", "shading", "light_direction_deg")}
 
 
-OBSERVABLE_OF = {"expression": "expression_mm", "illumination": "shading"}  # mode -> ObservableErrors method
+# mode -> the ObservableErrors methods that measure its control
+OBSERVABLE_OF = {"expression": ("expression_mm",), "illumination": ("shading", "light_direction_deg")}
 
 
 def load_identity_model(spec: str, device: str | torch.device = "cpu"):
@@ -181,8 +194,8 @@ def evaluate(rig: Rig, generator, *, count: int = 256, psi: float = 0.7, seed: i
             row: dict[str, Any] = {"control": {b: _summary(to_target[b]) for b in blocks},
                    "drift": {b: _summary(e) for b, e in from_source.items() if b not in blocks}}
             if observable is not None and mode in OBSERVABLE_OF:
-                key = OBSERVABLE_OF[mode]
-                row["control_observable"] = {key: _summary(getattr(observable, key)(p_hat, p_v))}
+                row["control_observable"] = {key: _summary(getattr(observable, key)(p_hat, p_v))
+                                             for key in OBSERVABLE_OF[mode]}
             row["drift_mean"] = float(np.mean([row["drift"][b]["mean"] for b in row["drift"]
                                                if b != "rotation"]))
             if image_metrics:
@@ -360,7 +373,9 @@ def format_table(report: dict) -> str:
     if "dfr_observable" in report:
         obs = report["dfr_observable"]
         lines.append(f"DFR observable error (median): expression geometry {obs['expression_mm']['median']:.2f} mm, "
-                     f"shading {100 * obs['shading']['median']:.1f} %")
+                     f"shading {100 * obs['shading']['median']:.1f} %"
+                     + (f", light direction {obs['light_direction_deg']['median']:.1f}°"
+                        if "light_direction_deg" in obs else ""))
     identity = any("identity_similarity" in row for rows in report["modes"].values() for row in rows.values())
     header = f"{'mode':<13}{'method':<9}{'control (median)':>30}{'drift (mean, std)':>19}{'outside face':>14}"
     header += f"{'identity sim.':>15}" if identity else ""
@@ -370,7 +385,8 @@ def format_table(report: dict) -> str:
             ctrl = "  ".join(
                 f"{v['median']:.2f}{'°' if b == 'rotation' else ''}" for b, v in row["control"].items())
             for key, v in row.get("control_observable", {}).items():
-                ctrl += f" ({v['median']:.2f} mm)" if key == "expression_mm" else f" ({100 * v['median']:.1f} %)"
+                ctrl += {"expression_mm": f" ({v['median']:.2f} mm)", "shading": f" ({100 * v['median']:.1f} %)",
+                         "light_direction_deg": f" ({v['median']:.1f}°)"}[key]
             out = row.get("outside_face_change", math.nan)
             line = f"{mode:<13}{name:<9}{ctrl:>30}{row['drift_mean']:>19.3f}{out:>14.4f}"
             if identity:
