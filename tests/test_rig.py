@@ -360,18 +360,20 @@ def test_train_all_runs_the_whole_pipeline_and_ships(tmp_path):
     assert report["modes"]["pose"]["no_edit"]["drift_mean"] == 0.0
 
 
-def test_train_all_ends_with_the_consistency_ramp(tmp_path, capsys):
-    """The shipped recipe's last stage: the illumination RigNet fine-tuned at α_pc 10, 30, 100, 200 in turn, each
-    stage starting from the last; the rig (evaluated, shipped) is DFR with the ramp's final RigNet."""
+def test_train_all_ends_with_the_consistency_ramp_and_the_light_stage(tmp_path, capsys):
+    """The shipped recipe's last stages: the illumination RigNet fine-tuned at α_pc 10, 30, 100, 200 in turn, each
+    stage starting from the last; then DFR's light calibrated on photometric fits and the RigNet fine-tuned once more
+    through it; the rig (evaluated, shipped) is that DFR with that RigNet."""
     from stylerig_engine.cli import main
     from stylerig_engine.rig import load_rig
+    from stylerig_engine.rig.checkpoints import read_description
     from stylerig_engine.rig.commands import CONSISTENCY_RAMP, RAMP_LR
 
     run, ship = tmp_path / "run", tmp_path / "ship"
     assert main(["train", "all", "--generator", "synthetic:32", "--count", "16", "--batch", "8", "--dfr-steps", "1",
                  "--distill-steps", "0", "--rignet-steps", "1", "--modes", "illumination",
-                 "--eval-count", "4", "--layer-code", "8", "--rignet-loss", "edit_focus=3", "--out", str(run),
-                 "--ship", str(ship)]) == 0
+                 "--eval-count", "4", "--layer-code", "8", "--rignet-loss", "edit_focus=3", "--light-calibration", "2",
+                 "--out", str(run), "--ship", str(ship)]) == 0
     alphas = CONSISTENCY_RAMP["illumination"]
     assert alphas == (10.0, 30.0, 100.0, 200.0)
     previous = run / "rignet-illumination.safetensors"
@@ -382,17 +384,29 @@ def test_train_all_ends_with_the_consistency_ramp(tmp_path, capsys):
         assert config["rignet_loss"]["parameter_consistency"] == alpha
         assert config["rignet_loss"]["edit_focus"] == 3  # the run's own --rignet-loss is kept
         previous = stage / "rignet-illumination.safetensors"
+    light = run / "light-calibration"
+    config = json.loads((light / "rignet-illumination.config.json").read_text())
+    assert (config["init"], config["dfr"], config["lr"], config["steps"]) == (
+        str(previous), str(light / "dfr.safetensors"), RAMP_LR, 1)
+    assert config["rignet_loss"]["parameter_consistency"] == alphas[-1]
+    assert read_description(light / "dfr.safetensors")["extra"]["light_calibration"]["faces"] == 4  # 2 + 2 edited
     rig = load_rig(run / "rig")
-    last = load_network(previous).state_dict()
+    last = load_network(light / "rignet-illumination.safetensors").state_dict()
     assert all(torch.equal(v, last[k]) for k, v in rig.rignets["illumination"].state_dict().items())
-    assert torch.equal(rig.dfr.net[0].weight, load_network(run / "dfr.safetensors").net[0].weight)
+    before, after = load_network(run / "dfr.safetensors"), rig.dfr
+    assert torch.equal(after.net[0].weight, before.net[0].weight)  # the same network, its light head re-read
+    assert not torch.equal(after.net[-1].weight[after.layout.slice("illumination")],
+                           before.net[-1].weight[before.layout.slice("illumination")])
     report = json.loads((ship / "evaluation.json").read_text())
+    assert report["training"]["light_calibration"] == 2
     assert report["training"]["consistency_ramp"] == {"illumination": list(alphas)}
     assert json.loads((ship / "rignet-illumination.config.json").read_text())["rignet_loss"][
         "parameter_consistency"] == 200.0
     assert load_rig(ship).modes == ["illumination"]
     assert main(["train", "all", "--out", str(tmp_path / "bad"), "--ramp-steps", "-1"]) == 2  # before any work
     assert "--ramp-steps must be >= 0" in capsys.readouterr().err and not (tmp_path / "bad" / "corpus").exists()
+    assert main(["train", "all", "--out", str(tmp_path / "bad"), "--light-calibration", "1"]) == 2
+    assert "--light-calibration must be 0" in capsys.readouterr().err and not (tmp_path / "bad" / "corpus").exists()
 
 
 def coarse_pixels(device="cpu"):
@@ -1101,3 +1115,76 @@ def test_edited_latents_name_a_rig_without_rignets_and_another_generator(corpus,
     monkeypatch.setattr(edited_latents, "describe_generator", lambda gen: {"weights_sha256": "0" * 64})
     with pytest.raises(CheckpointError, match="other weights than the corpus was made with"):
         edited_latents.corpus_generator(Corpus(root), "cpu")
+
+
+def test_light_calibration_recovers_an_affine_light_and_folds_into_dfr(layout):
+    """The regression finds the affine map between two readings of light, and folding it into DFR's output layer
+    re-reads exactly the light (every other block unchanged)."""
+    from stylerig_engine.rig.light_calibration import fold_light_calibration, solve_light_calibration
+    from stylerig_engine.rig.networks import DFR
+
+    torch.manual_seed(0)
+    dfr = DFR(layout, num_ws=4, w_dim=16, hidden=32, layer_code=8)
+    torch.nn.init.normal_(dfr.net[-1].weight, std=0.3)
+    ws = torch.randn(400, 4, 16)
+    with torch.no_grad():
+        readings = dfr(ws)
+    light = layout.slice("illumination")
+    n = light.stop - light.start
+    mean, std = (torch.as_tensor(a[light]) for a in (layout.prior_mean, layout.prior_std))
+    a = torch.eye(n) * 0.7 + 0.05 * torch.randn(n, n)
+    c = 0.3 * torch.randn(n)
+    fits = readings.clone()
+    fits[:, light] = mean + std * ((readings[:, light] - mean) / std @ a.T + c)
+    solution = solve_light_calibration(layout, readings, fits, ridge=1e-6)
+    assert solution.shape == (n + 1, n)
+    assert torch.allclose(solution[:n].T, a, atol=1e-3) and torch.allclose(solution[n], c, atol=1e-3)
+    calibrated = fold_light_calibration(dfr, solution)
+    with torch.no_grad():
+        again = calibrated(ws)
+    assert torch.allclose(again[:, light], fits[:, light], atol=1e-4)
+    others = torch.ones(layout.dim, dtype=torch.bool)
+    others[light] = False
+    assert torch.equal(again[:, others], readings[:, others])
+    assert torch.equal(dfr(ws), readings)  # the original is left as it was
+    with pytest.raises(ValueError, match="light calibration"):
+        fold_light_calibration(dfr, solution[:n])
+    with pytest.raises(ValueError, match="readings and fits"):
+        solve_light_calibration(layout, readings, fits[:, :n])
+
+
+def test_light_calibration_command_writes_a_dfr_and_resumes_from_its_fits(corpus, tmp_path, monkeypatch, capsys):
+    from stylerig_engine.cli import main
+    from stylerig_engine.rig import SHIPPED_RIG, load_rig
+    from stylerig_engine.rig.checkpoints import load_network, read_description
+    from stylerig_engine.rig.fitting import ImageReader
+
+    root, _ = corpus
+    out = tmp_path / "dfr.safetensors"
+    args = ["train", "light-calibration", "--rig", str(SHIPPED_RIG), "--corpus", str(root), "--count", "3",
+            "--generator", "synthetic:32", "--out", str(out)]
+    assert main(args) == 0
+    shipped, calibrated = load_rig().dfr, load_network(out)
+    layout = shipped.layout
+    ws = torch.randn(8, shipped.num_ws, shipped.w_dim) * 0.5
+    with torch.no_grad():
+        before, after = shipped(ws), calibrated(ws)
+    light = layout.slice("illumination")
+    assert torch.equal(before[:, :light.start], after[:, :light.start])  # every other block as shipped
+    assert (before[:, light] - after[:, light]).abs().max() > 1e-3  # the light re-read
+    extra = read_description(out)["extra"]["light_calibration"]
+    assert extra["count"] == 3 and extra["faces"] == 6  # plain and illumination-edited
+    assert (tmp_path / "dfr.safetensors.fits.safetensors").is_file()
+
+    def no_fits(*_args, **_kwargs):
+        raise AssertionError("the cached fits were not reused")
+
+    monkeypatch.setattr(ImageReader, "__call__", no_fits)
+    assert main(args) == 0  # the same latents, rig and fit: the cached fits, no fit run
+    with torch.no_grad():
+        assert torch.equal(load_network(out)(ws), after)
+    capsys.readouterr()
+    assert main(["train", "light-calibration", "--rig", str(SHIPPED_RIG), "--corpus", str(root), "--count", "1000",
+                 "--generator", "synthetic:32", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--count 1000" in err[0]

@@ -20,6 +20,7 @@ CONSISTENCY_RAMP: dict[str, tuple[float, ...]] = {"expression": (40.0, 80.0),
                                                    "illumination": (10.0, 30.0, 100.0, 200.0)}
 RAMP_LR = 1.5e-4  # at batch 32
 RAMP_SHARE = 0.2  # steps of each ramp stage, as a share of --rignet-steps (the shipped recipe: 800 after 4,000)
+LIGHT_CALIBRATION_COUNT = 320  # train all's light stage: corpus latents fitted (the shipped recipe's; docs/rig.md)
 
 
 def register(subparsers) -> None:
@@ -98,6 +99,19 @@ def register(subparsers) -> None:
         p.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="start from this checkpoint's weights (fine-tuning; same kind and shape)")
     rig.set_defaults(func=_train_one, net="rignet")
+    light = kinds.add_parser("light-calibration",
+                             help="re-read a rig's DFR light through an affine map learned from per-image photometric "
+                                  "fits of corpus latents and their illumination edits (docs/rig.md, item 13)")
+    light.add_argument("--rig", required=True, help="rig directory: its DFR, and its illumination RigNet for the edits")
+    light.add_argument("--corpus", required=True, help="corpus directory: the first --count latents are fitted")
+    light.add_argument("--out", required=True, help="the calibrated DFR checkpoint to write (its fits are cached "
+                                                     "beside it, so an interrupted run resumes)")
+    light.add_argument("--generator", default="synthetic:64", help="the rig's generator (images and landmarks)")
+    light.add_argument("--count", type=int, default=320,
+                       help="corpus latents (each fitted plain and edited, ~3.3 s a fit on a CPU core)")
+    light.add_argument("--ridge", type=float, default=None, help="ridge weight of the regression (default 1)")
+    light.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    light.set_defaults(func=_light_calibration)
     everything = kinds.add_parser("all", help="corpus -> DFR -> RigNets (pose, expression, illumination) -> evaluation")
     common(everything, corpus=False)
     everything.add_argument("--generator", default="synthetic:64", help="generator spec (default synthetic:64)")
@@ -135,6 +149,11 @@ def register(subparsers) -> None:
                             help="steps of each consistency ramp stage: the last round's expression and illumination "
                                  "RigNets fine-tuned with a stronger parameter consistency in steps (CONSISTENCY_RAMP; "
                                  f"default {RAMP_SHARE:g} × --rignet-steps; 0: no ramp)")
+    everything.add_argument("--light-calibration", type=int, default=LIGHT_CALIBRATION_COUNT, metavar="N",
+                            help="last stage: DFR's light calibrated on photometric fits of the first N corpus latents "
+                                 "and their illumination edits (~3.3 s a fit on a CPU core), and the illumination "
+                                 "RigNet fine-tuned through it (docs/rig.md item 13; default "
+                                 f"{LIGHT_CALIBRATION_COUNT}; 0: none)")
     everything.add_argument("--eval-count", type=int, default=256)
     everything.add_argument("--ship", default=None, metavar="DIR",
                             help="also copy the trained networks (float16), configs and evaluation.json to DIR, "
@@ -281,6 +300,10 @@ def _train_all(args) -> int:
         print("stylerig train all: error: --reader-rounds must be >= 1 (later rounds need --distill-steps) and "
               "--round-steps in (0, 1]", file=sys.stderr)
         return 2
+    if args.light_calibration < 0 or args.light_calibration == 1:
+        print(f"stylerig train all: error: --light-calibration must be 0 (none) or at least 2, got "
+              f"{args.light_calibration}", file=sys.stderr)
+        return 2
     if args.ramp_steps is not None and args.ramp_steps < 0:
         print(f"stylerig train all: error: --ramp-steps must be >= 0 (0: no consistency ramp), got {args.ramp_steps}",
               file=sys.stderr)
@@ -335,9 +358,13 @@ def _train_all(args) -> int:
                           shared_code=args.shared_code, init=str(final[mode]))
             cfg = replace(cfg, rignet_loss={**cfg.rignet_loss, "parameter_consistency": alpha})
             final[mode] = train(cfg, resume=args.resume or (stage / f"rignet-{mode}.safetensors").exists())
-    # the rig: the last round's networks, or, when a ramp fine-tuned some of them, a directory of the final ones
-    out = rounds[-1] if all(p.parent == rounds[-1] for p in final.values()) else _assemble_rig(out / "rig", dfr_path,
-                                                                                                final)
+    if args.light_calibration and "illumination" in final:
+        dfr_path, final["illumination"] = _calibrate_light(args, out / "light-calibration", generator, corpus_dir,
+                                                           dfr_path, final["illumination"], ramp_steps)
+    # the rig: the last round's networks, or, when later stages changed some of them, a directory of the final ones
+    last = rounds[-1]
+    out = last if all(p.parent == last for p in (dfr_path, *final.values())) else _assemble_rig(out / "rig", dfr_path,
+                                                                                                  final)
     stamp_generator(out, generator, args.generator, configs=False)  # (--resume reads the configs as written)
     rig = load_rig(out)
     report = evaluate(rig, generator, count=args.eval_count, psi=args.psi)
@@ -349,7 +376,7 @@ def _train_all(args) -> int:
                           "shared_code": args.shared_code,
                           "consistency_ramp": {m: list(CONSISTENCY_RAMP[m]) for m in modes
                                                if ramp_steps and m in CONSISTENCY_RAMP},
-                          "ramp_steps": ramp_steps,
+                          "ramp_steps": ramp_steps, "light_calibration": args.light_calibration,
                           "rignet_batch": args.rignet_batch or args.batch, "mixing": args.mixing,
                           "seed": args.seed, "layer_code": args.layer_code, "lr": dfr_cfg.lr, "loss": dfr_cfg.loss,
                           "landmarks": landmarks,
@@ -362,6 +389,35 @@ def _train_all(args) -> int:
         ship_rig(out, Path(args.ship), modes)
         print(f"shipped the rig to {args.ship}")
     return 0
+
+
+def _calibrate_light(args, stage: Path, generator, corpus_dir: Path, dfr_path: Path, rignet_path: Path,
+                     ramp_steps: int) -> tuple[Path, Path]:
+    """train all's light stage (docs/rig.md, item 13): DFR's light calibrated on photometric fits of the first
+    --light-calibration corpus latents and their illumination edits, then the illumination RigNet fine-tuned through
+    it (a ramp stage's steps, at the ramp's last parameter consistency). Returns (DFR, RigNet) checkpoints."""
+    import shutil
+
+    from .checkpoints import load_network
+    from .editing import Rig
+    from .light_calibration import write_light_calibrated_dfr
+    from .train import train
+
+    stage.mkdir(parents=True, exist_ok=True)
+    calibrated = stage / "dfr.safetensors"
+    if not (args.resume and calibrated.exists()):
+        rig = Rig(load_network(dfr_path), {"illumination": load_network(rignet_path)})
+        write_light_calibrated_dfr(rig, generator, corpus_dir, min(args.light_calibration, args.count), calibrated,
+                                   source=dfr_path)
+    shutil.copyfile(dfr_path.with_name("dfr.config.json"), stage / "dfr.config.json")
+    steps = ramp_steps or max(1, round(RAMP_SHARE * args.rignet_steps))
+    cfg = _config(args, "rignet", corpus=str(corpus_dir), mode="illumination", dfr=str(calibrated), steps=steps,
+                  lr=RAMP_LR, batch=args.rignet_batch or args.batch, out=str(stage), shared_code=args.shared_code,
+                  init=str(rignet_path))
+    if ramp_steps and CONSISTENCY_RAMP.get("illumination"):
+        cfg = replace(cfg, rignet_loss={**cfg.rignet_loss,
+                                        "parameter_consistency": CONSISTENCY_RAMP["illumination"][-1]})
+    return calibrated, train(cfg, resume=args.resume or (stage / "rignet-illumination.safetensors").exists())
 
 
 def _assemble_rig(dest: Path, dfr: Path, rignets: dict[str, Path]) -> Path:
@@ -396,6 +452,24 @@ def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
             json.dump(config, f, indent=1)
     with atomic_write(dest / "evaluation.json", "w") as f:
         f.write((run / "evaluation.json").read_text())
+
+
+def _light_calibration(args) -> int:
+    from ..corpus import CorpusConfigError, resolve_generator
+    from .editing import load_rig
+    from .light_calibration import LIGHT_CALIBRATION_RIDGE, write_light_calibrated_dfr
+
+    _set_threads(args)
+    try:
+        rig = load_rig(args.rig)
+        out = write_light_calibrated_dfr(rig, resolve_generator(args.generator), args.corpus, args.count, args.out,
+                                         ridge=LIGHT_CALIBRATION_RIDGE if args.ridge is None else args.ridge,
+                                         source=Path(args.rig) / "dfr.safetensors")
+    except (OSError, ValueError, CorpusConfigError) as e:
+        print(f"stylerig train light-calibration: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (DFR's light calibrated on photometric fits of {args.count} corpus latents and their edits)")
+    return 0
 
 
 def _evaluate(args) -> int:
