@@ -401,12 +401,15 @@ def _calibrate_light(args, stage: Path, generator, corpus_dir: Path, dfr_path: P
     from .checkpoints import load_network
     from .editing import Rig
     from .light_calibration import write_light_calibrated_dfr
+    from .networks import DFR, RigNet
     from .train import train
 
     stage.mkdir(parents=True, exist_ok=True)
     calibrated = stage / "dfr.safetensors"
     if not (args.resume and calibrated.exists()):
-        rig = Rig(load_network(dfr_path), {"illumination": load_network(rignet_path)})
+        dfr, rignet = load_network(dfr_path), load_network(rignet_path)
+        assert isinstance(dfr, DFR) and isinstance(rignet, RigNet)  # as train() wrote them
+        rig = Rig(dfr, {"illumination": rignet})
         write_light_calibrated_dfr(rig, generator, corpus_dir, min(args.light_calibration, args.count), calibrated,
                                    source=dfr_path)
     shutil.copyfile(dfr_path.with_name("dfr.config.json"), stage / "dfr.config.json")
@@ -459,16 +462,21 @@ def _light_calibration(args) -> int:
     from .editing import load_rig
     from .light_calibration import LIGHT_CALIBRATION_RIDGE, write_light_calibrated_dfr
 
+    from .train import init_distributed
+
     _set_threads(args)
+    rank, _, _ = init_distributed("cpu")  # under torchrun every rank fits every world-th chunk
     try:
         rig = load_rig(args.rig)
         out = write_light_calibrated_dfr(rig, resolve_generator(args.generator), args.corpus, args.count, args.out,
                                          ridge=LIGHT_CALIBRATION_RIDGE if args.ridge is None else args.ridge,
-                                         source=Path(args.rig) / "dfr.safetensors")
+                                         source=Path(args.rig) / "dfr.safetensors", write=rank == 0)
     except (OSError, ValueError, CorpusConfigError) as e:
         print(f"stylerig train light-calibration: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out} (DFR's light calibrated on photometric fits of {args.count} corpus latents and their edits)")
+    if rank == 0:
+        print(f"wrote {out} (DFR's light calibrated on photometric fits of {args.count} corpus latents and their "
+              "edits)")
     return 0
 
 

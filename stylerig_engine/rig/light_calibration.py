@@ -112,12 +112,13 @@ def _latents_hash(ws: torch.Tensor) -> str:
 
 def write_light_calibrated_dfr(rig, generator, corpus: str | Path, count: int, out: str | Path, *,
                                ridge: float = LIGHT_CALIBRATION_RIDGE, source: str | Path | None = None,
-                               progress: bool = True) -> Path:
+                               progress: bool = True, write: bool = True) -> Path:
     """Calibrate the rig's DFR on the first `count` corpus latents (light_calibration_fits, their fits cached beside
     `out` as <out>.fits.safetensors) and write it to `out` (float32), recording how in its checkpoint.
     Keyword args:
       ridge: of solve_light_calibration.
       source: the DFR checkpoint the rig's DFR came from (its description and generator identity are kept).
+      write: False computes the fits only (the other ranks under torchrun: chunked_table shares the work).
     """
     from ..corpus import Corpus
     from .checkpoints import read_description, save_network
@@ -130,6 +131,8 @@ def write_light_calibrated_dfr(rig, generator, corpus: str | Path, count: int, o
     out = Path(out)
     table = light_calibration_fits(rig, generator, ws, out.with_name(out.name + ".fits.safetensors"),
                                    progress=progress)
+    if not write:
+        return out
     solution = solve_light_calibration(rig.layout, table["readings"], table["fits"], ridge=ridge)
     desc = read_description(source) if source is not None else {}
     how = {"from": str(source), "corpus": str(corpus), "count": count, "faces": len(table["fits"]), "ridge": ridge}
