@@ -47,6 +47,7 @@ from stylerig_engine.rig.losses import FaceLoss, LossWeights, region_model, to_g
 from stylerig_engine.synthetic import make_synthetic
 
 BANDS = {"L0": [0], "L1": [1, 2, 3], "L2": [4, 5, 6, 7, 8]}  # SH coefficients of each band (params.SH_NAMES)
+RIG: str | None = None  # --rig: the rig directory measured (default: the shipped one)
 
 
 def _faces(world, count: int):
@@ -76,7 +77,7 @@ def best_scaled(layout, p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def oracle(world, count: int) -> None:
-    layout, rig = world.layout, load_rig()
+    layout, rig = world.layout, load_rig(RIG)
     observable = ObservableErrors(world.model, layout)
     ws, truth, target = _faces(world, count)
 
@@ -100,7 +101,7 @@ def oracle(world, count: int) -> None:
 
 
 def bands(world, count: int) -> None:
-    layout, rig = world.layout, load_rig()
+    layout, rig = world.layout, load_rig(RIG)
     observable = ObservableErrors(world.model, layout)
     ws, truth, target = _faces(world, count)
     with torch.no_grad():
@@ -187,7 +188,7 @@ EARLIER_FIT_WEIGHTS = LossWeights(photometric=1.0, landmark=200.0, identity_reg=
 
 
 def sensors(world, count: int) -> None:
-    layout, rig = world.layout, load_rig()
+    layout, rig = world.layout, load_rig(RIG)
     observable = ObservableErrors(world.model, layout)
     reader = ImageReader(rig, world)  # fit_photometric from DFR's reading: the final renders' sensor
     renderer = reader.renderer
@@ -217,7 +218,7 @@ def sensors(world, count: int) -> None:
 
 
 def light_solve(world, count: int) -> None:
-    layout, rig = world.layout, load_rig()
+    layout, rig = world.layout, load_rig(RIG)
     observable = ObservableErrors(world.model, layout)
     renderer = FaceRenderer(region_model(world.model), layout, image_size=64)
     ws, truth, _ = _faces(world, count)
@@ -263,7 +264,7 @@ def light_solve(world, count: int) -> None:
 
 
 def light_visibility(world, count: int) -> None:
-    layout, rig = world.layout, load_rig()
+    layout, rig = world.layout, load_rig(RIG)
     observable = ObservableErrors(world.model, layout)
     ws, truth, target = _faces(world, count)
     reader = ImageReader(rig, world)
@@ -304,7 +305,7 @@ def light_visibility(world, count: int) -> None:
 
 
 def light_calibration(world, count: int, train: int, corpus: str | None) -> None:
-    layout, rig = world.layout, load_rig()
+    layout, rig = world.layout, load_rig(RIG)
     reader = ImageReader(rig, world)
     light = layout.slice("illumination")
     mean = torch.as_tensor(layout.prior_mean)[light]
@@ -366,11 +367,16 @@ def main() -> None:
     parser.add_argument("what", choices=("oracle", "bands", "valley", "sensors", "light-solve", "light-visibility",
                                          "light-calibration"))
     parser.add_argument("--count", type=int, default=None, help="held-out faces (defaults in the usage above)")
+    parser.add_argument("--rig", default=None, help="rig directory (default: the shipped rig; docs/rig.md's figures "
+                                                    "for items 12 and 13 are the rig of git ba40d79, before the light "
+                                                    "stage)")
     parser.add_argument("--train", type=int, default=320, help="light-calibration: faces it learns from (each also "
                                                                "edited)")
     parser.add_argument("--corpus", default=None, help="light-calibration: take them from this corpus (default: "
                                                        "latents of another seed)")
     args = parser.parse_args()
+    global RIG
+    RIG = args.rig
     torch.manual_seed(0)
     world = make_synthetic("synthetic:64")
     run = {"oracle": (oracle, 128), "bands": (bands, 256), "valley": (valley, 128), "sensors": (sensors, 48),
