@@ -407,6 +407,8 @@ def test_train_all_ends_with_the_consistency_ramp_and_the_light_stage(tmp_path, 
     assert "--ramp-steps must be >= 0" in capsys.readouterr().err and not (tmp_path / "bad" / "corpus").exists()
     assert main(["train", "all", "--out", str(tmp_path / "bad"), "--light-calibration", "1"]) == 2
     assert "--light-calibration must be 0" in capsys.readouterr().err and not (tmp_path / "bad" / "corpus").exists()
+    assert main(["train", "all", "--out", str(tmp_path / "bad"), "--landmarks", "none"]) == 2  # no fits without them
+    assert "--light-calibration 0" in capsys.readouterr().err and not (tmp_path / "bad" / "corpus").exists()
 
 
 def coarse_pixels(device="cpu"):

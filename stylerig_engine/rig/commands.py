@@ -106,7 +106,11 @@ def register(subparsers) -> None:
     light.add_argument("--corpus", required=True, help="corpus directory: the first --count latents are fitted")
     light.add_argument("--out", required=True, help="the calibrated DFR checkpoint to write (its fits are cached "
                                                      "beside it, so an interrupted run resumes)")
-    light.add_argument("--generator", default="synthetic:64", help="the rig's generator (images and landmarks)")
+    light.add_argument("--generator", default="synthetic:64", help="the rig's generator (images)")
+    light.add_argument("--landmarks", default="auto",
+                       help="the fits' landmark detector (as stylerig corpus --landmarks; auto = the generator's own, "
+                            "else the offline detector)")
+    light.add_argument("--device", default="cpu")
     light.add_argument("--count", type=int, default=320,
                        help="corpus latents (each fitted plain and edited, ~3.3 s a fit on a CPU core)")
     light.add_argument("--ridge", type=float, default=None, help="ridge weight of the regression (default 1)")
@@ -316,6 +320,9 @@ def _train_all(args) -> int:
     corpus_dir = out / "corpus"
     try:
         landmarks = resolve_landmarks(args.landmarks, generator)
+        if landmarks == "none" and args.light_calibration and "illumination" in args.modes:
+            raise CorpusError("--light-calibration needs the corpus's landmarks (its photometric fits); with "
+                              "--landmarks none pass --light-calibration 0")
         build_corpus(CorpusConfig(generator=args.generator, count=args.count, size=size, psi=args.psi,
                                   mixing=args.mixing, seed=args.seed, landmarks=landmarks), corpus_dir,
                      generator=generator)
@@ -359,8 +366,8 @@ def _train_all(args) -> int:
             cfg = replace(cfg, rignet_loss={**cfg.rignet_loss, "parameter_consistency": alpha})
             final[mode] = train(cfg, resume=args.resume or (stage / f"rignet-{mode}.safetensors").exists())
     if args.light_calibration and "illumination" in final:
-        dfr_path, final["illumination"] = _calibrate_light(args, out / "light-calibration", generator, corpus_dir,
-                                                           dfr_path, final["illumination"], ramp_steps)
+        dfr_path, final["illumination"] = _calibrate_light(args, out / "light-calibration", generator, landmarks,
+                                                           corpus_dir, dfr_path, final["illumination"], ramp_steps)
     # the rig: the last round's networks, or, when later stages changed some of them, a directory of the final ones
     last = rounds[-1]
     out = last if all(p.parent == last for p in (dfr_path, *final.values())) else _assemble_rig(out / "rig", dfr_path,
@@ -391,13 +398,14 @@ def _train_all(args) -> int:
     return 0
 
 
-def _calibrate_light(args, stage: Path, generator, corpus_dir: Path, dfr_path: Path, rignet_path: Path,
-                     ramp_steps: int) -> tuple[Path, Path]:
+def _calibrate_light(args, stage: Path, generator, landmarks: str, corpus_dir: Path, dfr_path: Path,
+                     rignet_path: Path, ramp_steps: int) -> tuple[Path, Path]:
     """train all's light stage (docs/rig.md, item 13): DFR's light calibrated on photometric fits of the first
     --light-calibration corpus latents and their illumination edits, then the illumination RigNet fine-tuned through
     it (a ramp stage's steps, at the ramp's last parameter consistency). Returns (DFR, RigNet) checkpoints."""
     import shutil
 
+    from ..corpus.landmarks import make_detector
     from .checkpoints import load_network
     from .editing import Rig
     from .light_calibration import write_light_calibrated_dfr
@@ -407,11 +415,11 @@ def _calibrate_light(args, stage: Path, generator, corpus_dir: Path, dfr_path: P
     stage.mkdir(parents=True, exist_ok=True)
     calibrated = stage / "dfr.safetensors"
     if not (args.resume and calibrated.exists()):
-        dfr, rignet = load_network(dfr_path), load_network(rignet_path)
+        dfr, rignet = load_network(dfr_path, args.device), load_network(rignet_path, args.device)
         assert isinstance(dfr, DFR) and isinstance(rignet, RigNet)  # as train() wrote them
         rig = Rig(dfr, {"illumination": rignet})
         write_light_calibrated_dfr(rig, generator, corpus_dir, min(args.light_calibration, args.count), calibrated,
-                                   source=dfr_path)
+                                   source=dfr_path, landmarks=make_detector(landmarks, generator, args.device))
     shutil.copyfile(dfr_path.with_name("dfr.config.json"), stage / "dfr.config.json")
     steps = ramp_steps or max(1, round(RAMP_SHARE * args.rignet_steps))
     cfg = _config(args, "rignet", corpus=str(corpus_dir), mode="illumination", dfr=str(calibrated), steps=steps,
@@ -458,19 +466,24 @@ def ship_rig(run: Path, dest: Path, modes: list[str]) -> None:
 
 
 def _light_calibration(args) -> int:
-    from ..corpus import CorpusConfigError, resolve_generator
+    from ..corpus import CorpusConfigError, resolve_generator, resolve_landmarks
+    from ..corpus.landmarks import make_detector
     from .editing import load_rig
     from .light_calibration import LIGHT_CALIBRATION_RIDGE, write_light_calibrated_dfr
-
     from .train import init_distributed
 
     _set_threads(args)
-    rank, _, _ = init_distributed("cpu")  # under torchrun every rank fits every world-th chunk
+    rank, _, device = init_distributed(args.device)  # under torchrun every rank fits every world-th chunk
     try:
-        rig = load_rig(args.rig)
-        out = write_light_calibrated_dfr(rig, resolve_generator(args.generator), args.corpus, args.count, args.out,
+        rig = load_rig(args.rig, device)
+        generator = resolve_generator(args.generator, device=device)
+        detector = make_detector(resolve_landmarks(args.landmarks, generator), generator, device)
+        if detector is None:
+            raise ValueError("--landmarks none: the calibration's photometric fits need landmarks")
+        out = write_light_calibrated_dfr(rig, generator, args.corpus, args.count, args.out,
                                          ridge=LIGHT_CALIBRATION_RIDGE if args.ridge is None else args.ridge,
-                                         source=Path(args.rig) / "dfr.safetensors", write=rank == 0)
+                                         source=Path(args.rig) / "dfr.safetensors", landmarks=detector,
+                                         write=rank == 0)
     except (OSError, ValueError, CorpusConfigError) as e:
         print(f"stylerig train light-calibration: error: {e}", file=sys.stderr)
         return 2

@@ -105,11 +105,12 @@ class ImageReader:
         return FaceLoss(self.renderer, LossWeights.with_reg(self.reg)).to(self.renderer.neutral.device)
 
     @torch.no_grad()
-    def observe(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, landmarks) of ws at the fit's resolution."""
+    def observe(self, ws: torch.Tensor, *, every_face: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, landmarks) of ws at the fit's resolution; every_face=False leaves NaN landmarks where the
+        detector found no face (else that is an error)."""
         images = self.generator.synthesis(ws)
         landmarks = self.landmarks(ws, images).float()
-        if not torch.isfinite(landmarks).all():
+        if every_face and not torch.isfinite(landmarks).all():
             raise ValueError("the landmark detector found no face in some images; closed-loop editing needs them")
         return resize_images(images, self.size), scale_landmarks(landmarks, self.resolution, self.size)
 

@@ -67,7 +67,7 @@ def fold_light_calibration(dfr: DFR, solution: torch.Tensor) -> DFR:
     return out
 
 
-def light_calibration_fits(rig, generator, ws: torch.Tensor, cache: Path, *,
+def light_calibration_fits(rig, generator, ws: torch.Tensor, cache: Path, *, landmarks=None,
                            steps: int | None = None, progress: bool = True) -> dict[str, torch.Tensor]:
     """DFR's readings and fit_photometric's of ws and of ws edited by the rig's illumination RigNet (each towards
     DFR's reading of the next latent, as RigNet's training draws targets; plain faces only when the rig has no
@@ -79,12 +79,14 @@ def light_calibration_fits(rig, generator, ws: torch.Tensor, cache: Path, *,
       generator: the rig's generator (fitting.ImageReader: images and landmarks).
       ws: (N, num_ws, w_dim) latents, e.g. the corpus's.
       cache: the fits' table file.
+      landmarks: the corpus's landmark detector, callable(ws, images) (default: the generator's exact landmarks);
+        faces it finds none in are left out.
       steps: fit steps (default fitting.PHOTOMETRIC_FIT_STEPS).
     """
-    from .fitting import FIT_REG, ImageReader
+    from .fitting import FIT_REG, ImageReader, fit_photometric
     from .train import _network_hash, chunked_table
 
-    reader = ImageReader(rig, generator, steps=steps)
+    reader = ImageReader(rig, generator, steps=steps, landmarks=landmarks)
     editor = rig.rignets["illumination"] if "illumination" in rig.modes else None
     key = {"dfr": _network_hash(rig.dfr), "rignet": _network_hash(editor) if editor is not None else "none",
            "ws": _latents_hash(ws), "steps": str(reader.steps), "reg": str(FIT_REG)}
@@ -98,9 +100,16 @@ def light_calibration_fits(rig, generator, ws: torch.Tensor, cache: Path, *,
         if editor is not None:
             with torch.no_grad():
                 w = torch.cat([w, rig.edit(w, "illumination", targets[rows])])
+        images, marks = reader.observe(w, every_face=False)
+        found = torch.isfinite(marks).flatten(1).all(1)
+        if not found.any():
+            empty = torch.zeros(0, rig.layout.dim)
+            return {"readings": empty, "fits": empty}
         with torch.no_grad():
-            readings = rig.fit(w)
-        return {"readings": readings, "fits": reader(w)}
+            readings = rig.fit(w[found])
+        fits = fit_photometric(reader.renderer, images[found], marks[found], readings, steps=reader.steps,
+                               lr=reader.lr, reg=reader.reg)
+        return {"readings": readings, "fits": fits}
 
     return chunked_table(cache, key, -(-len(ws) // LIGHT_CALIBRATION_CHUNK), chunk, desc="light-calibration fits",
                          progress=progress)
@@ -112,12 +121,13 @@ def _latents_hash(ws: torch.Tensor) -> str:
 
 def write_light_calibrated_dfr(rig, generator, corpus: str | Path, count: int, out: str | Path, *,
                                ridge: float = LIGHT_CALIBRATION_RIDGE, source: str | Path | None = None,
-                               progress: bool = True, write: bool = True) -> Path:
+                               landmarks=None, progress: bool = True, write: bool = True) -> Path:
     """Calibrate the rig's DFR on the first `count` corpus latents (light_calibration_fits, their fits cached beside
     `out` as <out>.fits.safetensors) and write it to `out` (float32), recording how in its checkpoint.
     Keyword args:
       ridge: of solve_light_calibration.
       source: the DFR checkpoint the rig's DFR came from (its description and generator identity are kept).
+      landmarks: of light_calibration_fits.
       write: False computes the fits only (the other ranks under torchrun: chunked_table shares the work).
     """
     from ..corpus import Corpus
@@ -128,9 +138,13 @@ def write_light_calibrated_dfr(rig, generator, corpus: str | Path, count: int, o
     if not 2 <= count <= len(data):
         raise ValueError(f"--count {count}: the calibration needs 2 to {len(data)} latents of the corpus {corpus}")
     ws = torch.from_numpy(data.read_rows(np.arange(count), names=("ws",))["ws"]).float()
+    ws = ws.to(next(rig.dfr.parameters()).device)
     out = Path(out)
     table = light_calibration_fits(rig, generator, ws, out.with_name(out.name + ".fits.safetensors"),
-                                   progress=progress)
+                                   landmarks=landmarks, progress=progress)
+    if len(table["fits"]) < 2:
+        raise ValueError(f"the landmark detector found a face in {len(table['fits'])} of the images; the light "
+                         "calibration needs at least 2")
     if not write:
         return out
     solution = solve_light_calibration(rig.layout, table["readings"], table["fits"], ridge=ridge)
