@@ -43,6 +43,8 @@ from stylerig_engine.rig.editing import corrected_edit
 from stylerig_engine.rig.evaluate import (HELD_OUT_SEED, ObservableErrors, block_errors, expression_correlation,
                                           sample_latents)
 from stylerig_engine.rig.fitting import ImageReader, fit_landmarks, fit_parameters
+from stylerig_engine.rig.light_calibration import (fold_light_calibration, light_calibration_fits,
+                                                   solve_light_calibration)
 from stylerig_engine.rig.losses import FaceLoss, LossWeights, region_model, to_generator_space
 from stylerig_engine.synthetic import make_synthetic
 
@@ -305,40 +307,25 @@ def light_visibility(world, count: int) -> None:
 
 
 def light_calibration(world, count: int, train: int, corpus: str | None) -> None:
+    import tempfile
+    from pathlib import Path
+
     layout, rig = world.layout, load_rig(RIG)
-    reader = ImageReader(rig, world)
-    light = layout.slice("illumination")
-    mean = torch.as_tensor(layout.prior_mean)[light]
-    std = torch.as_tensor(layout.prior_std)[light]
-    with torch.no_grad():  # the calibration's faces: never the held-out ones; targets as RigNet's training draws them
+    with torch.no_grad():  # the calibration's faces: never the held-out ones
         if corpus:
             import numpy as np
 
             from stylerig_engine.corpus.dataset import Corpus
-            rows = Corpus(corpus).read_rows(np.arange(train), names=("ws",))["ws"]
-            ws = torch.from_numpy(rows).float()
+            ws = torch.from_numpy(Corpus(corpus).read_rows(np.arange(train), names=("ws",))["ws"]).float()
         else:
             ws = sample_latents(world, train, HELD_OUT_SEED + 2, 0.8)
-        ws = torch.cat([ws, rig.edit(ws, "illumination", rig.fit(ws).roll(1, 0))])
-    fitted = torch.cat([reader(ws[i:i + 32]) for i in range(0, len(ws), 32)])
-
-    def features(p: torch.Tensor) -> torch.Tensor:
-        return torch.cat([(p[:, light] - mean) / std, torch.ones(len(p), 1)], 1).double()
-
-    with torch.no_grad():
-        x = features(rig.fit(ws))
-    y = ((fitted[:, light] - mean) / std).double()
-    ridge = 1.0
-    solution = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
-
-    def calibrated(w: torch.Tensor) -> torch.Tensor:
-        p = rig.fit(w)
-        p[:, light] = mean + std * (features(p) @ solution).float()
-        return p
+    with tempfile.TemporaryDirectory() as cache:  # the fits of ws and of their illumination edits
+        table = light_calibration_fits(rig, world, ws, Path(cache) / "fits.safetensors")
+    calibrated = fold_light_calibration(rig.dfr, solve_light_calibration(layout, table["readings"], table["fits"]))
 
     observable = ObservableErrors(world.model, layout)
     faces, truth, target = _faces(world, count)
-    print(f"DFR's light calibrated on fit_photometric's readings of {len(ws)} other faces (half of them "
+    print(f"DFR's light calibrated on fit_photometric's readings of {len(table['fits'])} other faces (half of them "
           f"illumination-edited), {count} held-out faces (medians):")
     with torch.no_grad():
         edited = rig.edit(faces, "illumination", target)

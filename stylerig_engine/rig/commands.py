@@ -111,7 +111,7 @@ def register(subparsers) -> None:
                        help="the fits' landmark detector (as stylerig corpus --landmarks; auto = the generator's own, "
                             "else the offline detector)")
     light.add_argument("--device", default="cpu")
-    light.add_argument("--count", type=int, default=320,
+    light.add_argument("--count", type=int, default=LIGHT_CALIBRATION_COUNT,
                        help="corpus latents (each fitted plain and edited, ~3.3 s a fit on a CPU core)")
     light.add_argument("--ridge", type=float, default=None, help="ridge weight of the regression (default 1)")
     light.add_argument("--threads", type=int, default=None, help="torch CPU threads")
