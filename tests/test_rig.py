@@ -1190,3 +1190,6 @@ def test_light_calibration_command_writes_a_dfr_and_resumes_from_its_fits(corpus
                  "--generator", "synthetic:32", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--count 1000" in err[0]
+    assert main(args[:-2] + ["--landmarks", "none", "--out", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--landmarks none" in err[0] and not (tmp_path / "none.safetensors").exists()
